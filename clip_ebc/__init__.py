@@ -1,0 +1,57 @@
+"""clip-ebc: count people in images with CLIP-EBC (Ma, Sanchez, Guha; arXiv 2403.09281).
+
+The public API::
+
+    from clip_ebc import CLIPEBC, ModelConfig, sliding_window_density
+
+Heavy dependencies (torch, open_clip) are imported on first use of a name, so ``import clip_ebc``
+and the command line's ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import CheckpointError, CLIPEBCError, ConfigError, ConversionError
+
+__version__ = "0.1.0.dev0"
+
+_LAZY = {
+    "CLIPEBC": ".model",
+    "CLIPEBCOutput": ".model",
+    "ModelConfig": ".config",
+    "ClipArchitecture": ".config",
+    "sliding_window_density": ".sliding_window",
+}
+
+__all__ = [
+    "CLIPEBC",
+    "CLIPEBCError",
+    "CLIPEBCOutput",
+    "CheckpointError",
+    "ClipArchitecture",
+    "ConfigError",
+    "ConversionError",
+    "ModelConfig",
+    "__version__",
+    "sliding_window_density",
+]
+
+if TYPE_CHECKING:
+    from .config import ClipArchitecture, ModelConfig
+    from .model import CLIPEBC, CLIPEBCOutput
+    from .sliding_window import sliding_window_density
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clip_ebc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

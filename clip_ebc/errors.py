@@ -1,0 +1,23 @@
+"""Exception types raised by clip-ebc.
+
+Every error meant for a user derives from :class:`CLIPEBCError`, so a caller (or the command line)
+can catch one type and show the message, which is written as a sentence naming the input and the fix.
+"""
+
+from __future__ import annotations
+
+
+class CLIPEBCError(Exception):
+    """Base class of every error clip-ebc raises on purpose."""
+
+
+class ConfigError(CLIPEBCError, ValueError):
+    """A model configuration (or an argument that becomes one) is invalid."""
+
+
+class CheckpointError(CLIPEBCError):
+    """A checkpoint is missing, incomplete, or does not fit the model it is loaded into."""
+
+
+class ConversionError(CheckpointError):
+    """An official CLIP-EBC checkpoint cannot be converted."""
