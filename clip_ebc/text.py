@@ -1,0 +1,70 @@
+"""Text embeddings of the bin prompts, computed once with open_clip's CLIP text tower.
+
+Used when converting an official checkpoint and when starting a training run; never on the inference
+path (a loaded :class:`~clip_ebc.CLIPEBC` carries its embeddings in the ``text_embeddings`` buffer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from open_clip.tokenizer import tokenize
+from open_clip.transformer import LayerNormFp32, QuickGELU, TextTransformer
+from torch import Tensor
+
+from .config import ClipArchitecture
+from .errors import CheckpointError
+
+
+def build_text_tower(arch: ClipArchitecture) -> TextTransformer:
+    """CLIP's text transformer for ``arch`` (QuickGELU, causal mask, EOT pooling), random weights."""
+    return TextTransformer(
+        context_length=arch.context_length,
+        vocab_size=arch.vocab_size,
+        width=arch.transformer_width,
+        heads=arch.transformer_heads,
+        layers=arch.transformer_layers,
+        mlp_ratio=4.0,
+        output_dim=arch.embed_dim,
+        act_layer=QuickGELU,
+        norm_layer=LayerNormFp32,
+    )
+
+
+def tokenize_prompts(prompts: Sequence[str], context_length: int = 77) -> Tensor:
+    """CLIP BPE token ids, SOT + tokens + EOT zero-padded: (N, context_length) int64."""
+    return tokenize(list(prompts), context_length=context_length)
+
+
+@torch.no_grad()
+def encode_prompts(
+    prompts: Sequence[str],
+    arch: ClipArchitecture,
+    text_state_dict: Mapping[str, Tensor],
+) -> Tensor:
+    """Embed ``prompts`` with a CLIP text tower: (N, embed_dim) float32, not normalised.
+
+    ``text_state_dict`` uses open_clip's top-level text names (``token_embedding.weight``,
+    ``positional_embedding``, ``transformer.resblocks.*``, ``ln_final.*``, ``text_projection``), which
+    are the official ``text_encoder.*`` keys without their prefix. It is loaded strictly.
+    """
+    tower = build_text_tower(arch)
+    expected = set(tower.state_dict())
+    given = set(text_state_dict)
+    if expected != given:
+        missing, unexpected = sorted(expected - given), sorted(given - expected)
+        raise CheckpointError(
+            "the text-encoder weights do not fit the CLIP architecture: "
+            + (f"missing {missing[:5]}" if missing else "")
+            + ("; " if missing and unexpected else "")
+            + (f"unexpected {unexpected[:5]}" if unexpected else "")
+            + "."
+        )
+    try:
+        tower.load_state_dict({k: v.float() for k, v in text_state_dict.items()}, strict=True)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"the text-encoder weights do not fit the CLIP architecture: {e}") from e
+    tower.eval()
+    tokens = tokenize_prompts(prompts, arch.context_length)
+    return tower(tokens).float()
