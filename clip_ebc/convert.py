@@ -1,0 +1,515 @@
+"""Convert official CLIP-EBC checkpoints into clip-ebc checkpoints.
+
+An official checkpoint is a plain ``state_dict`` (``best_mae_0.pth``) or a resume file holding one
+under ``model_state_dict`` (``ckpt.pth``). It stores no bins, anchors, prompts or text embeddings
+(spec §7): those come from the run's hyperparameters, and the text embeddings are computed here,
+once, with the checkpoint's own text tower, which is then dropped.
+
+From the command line::
+
+    python -m clip_ebc.convert checkpoints/sha/clip_resnet50_word_448_8_4_fine_1.0_dmcount_aug/best_mae_0.pth -o rn50-sha
+
+reads the hyperparameters from the run-directory and dataset folder names when they are there, and
+from flags otherwise (``--help`` lists them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .bins import (
+    ANCHOR_KINDS,
+    DATASETS,
+    GRANULARITIES,
+    PROMPT_TYPES,
+    Bin,
+    make_bins,
+    middle_anchor_points,
+    official_anchor_points,
+)
+from .config import BACKBONES, ClipArchitecture, DecoderEntry, ModelConfig, canonical_backbone
+from .errors import CheckpointError, CLIPEBCError, ConfigError, ConversionError
+from .model import CLIPEBC, check_state_dict
+from .text import encode_prompts
+
+OFFICIAL_REPO = "https://github.com/Yiming-M/CLIP-EBC"
+
+_VPT_KEY = re.compile(r"^vpt_(\d+)$")
+_DECODER_KEY = re.compile(r"^image_decoder\.(\d+)\.conv1\.weight$")
+
+
+def split_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Map official keys onto clip-ebc's: returns (model tensors, text-tower tensors).
+
+    ``image_encoder.*``, ``projection.*`` and ``logit_scale`` keep their names, ``image_decoder.*``
+    becomes ``decoder.*``, the VPT tables ``vpt_0 ... vpt_{L-1}`` are stacked into
+    ``image_encoder.vpt`` (L, n, C), and ``text_encoder.*`` loses its prefix (open_clip's text names).
+    A ``module.`` prefix left by DistributedDataParallel is removed.
+    """
+    model: dict[str, Tensor] = {}
+    text: dict[str, Tensor] = {}
+    vpt: dict[int, Tensor] = {}
+    unknown: list[str] = []
+    for key, value in state_dict.items():
+        if not isinstance(value, Tensor):
+            raise ConversionError(f"entry {key!r} of the checkpoint is a {type(value).__name__}, not a tensor.")
+        name = key[len("module."):] if key.startswith("module.") else key
+        if value.is_floating_point():
+            value = value.float()
+        if name.startswith("text_encoder."):
+            text[name[len("text_encoder."):]] = value
+        elif name.startswith("image_decoder."):
+            model["decoder." + name[len("image_decoder."):]] = value
+        elif name.startswith(("image_encoder.", "projection.")) or name == "logit_scale":
+            model[name] = value
+        elif (m := _VPT_KEY.match(name)) is not None:
+            vpt[int(m.group(1))] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ConversionError(
+            f"the checkpoint has {len(unknown)} key(s) that are not part of a CLIP-EBC model, e.g. "
+            f"{unknown[:3]}; is it a CLIP-EBC checkpoint (and not, say, a VGG or CSRNet one)?"
+        )
+    if not any(k.startswith("image_encoder.") for k in model) or not text:
+        raise ConversionError(
+            "the checkpoint has no image_encoder.* or text_encoder.* tensors; it is not a CLIP-EBC checkpoint."
+        )
+    if vpt:
+        if sorted(vpt) != list(range(len(vpt))):
+            raise ConversionError(f"the VPT tables are not numbered 0..n-1: found vpt_{sorted(vpt)}.")
+        model["image_encoder.vpt"] = torch.stack([vpt[i] for i in range(len(vpt))])
+    return model, text
+
+
+def _infer_decoder_channels(state_dict: Mapping[str, Tensor]) -> tuple[DecoderEntry, ...] | None:
+    widths = {}
+    for key, value in state_dict.items():
+        m = _DECODER_KEY.match(key[len("module."):] if key.startswith("module.") else key)
+        if m:
+            widths[int(m.group(1))] = int(value.shape[0])
+    if not widths:
+        return None
+    # indices without a conv are parameter-free x2 upsamplings ("U") in the official config
+    return tuple(widths.get(i, "U") for i in range(max(widths) + 1))
+
+
+def convert_official(
+    state_dict: Mapping[str, Tensor],
+    *,
+    backbone: str,
+    reduction: int,
+    bins: Sequence[Bin],
+    anchor_points: Sequence[float],
+    prompt_type: str,
+    input_size: int | None = None,
+    num_vpt: int | None = None,
+    deep_vpt: bool = True,
+    clip_config: Mapping[str, Any] | ClipArchitecture | None = None,
+    decoder_channels: Sequence[DecoderEntry] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> CLIPEBC:
+    """Convert an official CLIP-EBC ``state_dict`` into a ready :class:`~clip_ebc.CLIPEBC` (eval mode).
+
+    backbone: open_clip or official name (``"RN50"``, ``"clip_resnet50"``, ``"vit_b_16"``...).
+    reduction: block size r (8, 16, 32). bins, anchor_points, prompt_type: as the run was trained (see
+    :func:`clip_ebc.bins.official_bins` / :func:`~clip_ebc.bins.official_anchor_points`).
+    input_size (ViT): read from the positional-embedding table when ``None``. num_vpt: read from the VPT
+    tables when ``None``. clip_config: the official CLIP config fields, for custom (e.g. tiny) CLIP
+    models; the backbone's standard architecture otherwise. decoder_channels: read from the decoder
+    weights when ``None``. Text embeddings are computed with the checkpoint's text tower.
+    Raises :class:`~clip_ebc.errors.ConversionError` when the weights do not fit.
+    """
+    model_sd, text_sd = split_official_state_dict(state_dict)
+    if isinstance(clip_config, Mapping):
+        clip_config = ClipArchitecture.from_dict(clip_config)
+    name = canonical_backbone(backbone) or backbone
+    if clip_config is None and name not in BACKBONES:
+        raise ConversionError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
+    arch = clip_config if clip_config is not None else ClipArchitecture.from_open_clip(name)
+
+    if arch.is_resnet:
+        if "image_encoder.vpt" in model_sd:
+            raise ConversionError(f"the checkpoint has VPT tables but {name} is a ResNet backbone.")
+        if "image_encoder.class_embedding" in model_sd:
+            raise ConversionError(f"the checkpoint holds a ViT image encoder, but {name} is a ResNet backbone.")
+    else:
+        if "image_encoder.class_embedding" not in model_sd:
+            raise ConversionError(f"the checkpoint holds a ResNet image encoder, but {name} is a ViT backbone.")
+        tables = model_sd.get("image_encoder.vpt")
+        found = 0 if tables is None else int(tables.shape[1])
+        if num_vpt is None:
+            num_vpt = found
+        elif num_vpt != found:
+            raise ConversionError(f"num_vpt={num_vpt} was given, but the checkpoint has {found} VPT tokens per table.")
+        if tables is not None:
+            want = int(arch.vision_layers) if deep_vpt else 1  # type: ignore[arg-type]
+            if tables.shape[0] != want:
+                hint = "deep_vpt=False (shallow VPT)" if tables.shape[0] == 1 else "deep_vpt=True"
+                raise ConversionError(
+                    f"the checkpoint has {tables.shape[0]} VPT table(s) but {'deep' if deep_vpt else 'shallow'} "
+                    f"VPT on a {arch.vision_layers}-block ViT needs {want}; pass {hint}."
+                )
+        if input_size is None:
+            rows = int(model_sd["image_encoder.positional_embedding"].shape[0]) - 1
+            side = math.isqrt(rows)
+            if side * side != rows:
+                raise ConversionError(f"the positional embedding has {rows} patch rows, not a square grid.")
+            input_size = side * int(arch.vision_patch_size)  # type: ignore[arg-type]
+
+    if decoder_channels is None:
+        decoder_channels = _infer_decoder_channels(state_dict)
+    try:
+        config = ModelConfig(
+            backbone=name,
+            clip=clip_config,
+            reduction=reduction,
+            bins=tuple(bins),
+            anchor_points=tuple(anchor_points),
+            prompt_type=prompt_type,
+            decoder_channels=None if decoder_channels is None else tuple(decoder_channels),
+            input_size=input_size,
+            num_vpt=num_vpt if not arch.is_resnet else None,
+            deep_vpt=deep_vpt,
+            provenance=dict(provenance or {}),
+        )
+    except ConfigError as e:
+        raise ConversionError(f"invalid conversion settings: {e}") from e
+
+    with torch.device("meta"):
+        model = CLIPEBC(config)
+    hint = f"Check the backbone ({name}), reduction, decoder channels and CLIP architecture."
+    # check the image side first (cheap, and the likelier mistake), with a stand-in for the embeddings
+    model_sd["text_embeddings"] = torch.empty(model.text_embeddings.shape)
+    model_sd["anchor_points"] = torch.tensor(config.anchor_points, dtype=torch.float32)
+    try:
+        check_state_dict(model, model_sd, source=f"the official checkpoint does not fit a {name} model", advice=hint)
+    except CheckpointError as e:
+        raise ConversionError(str(e)) from e
+    try:
+        model_sd["text_embeddings"] = encode_prompts(config.prompts or (), arch, text_sd)
+    except CheckpointError as e:
+        raise ConversionError(f"{e} {hint}") from e
+    model.load_state_dict(model_sd, strict=True, assign=True)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Files and run names
+# --------------------------------------------------------------------------------------------------
+
+_RUN_NAME = re.compile(
+    r"^(?P<model>clip_(?:resnet\d+(?:x\d+)?|vit_[bl]_\d+))"
+    r"_(?P<prompt_type>word|number)"
+    r"_(?P<input_size>\d+)"
+    r"_(?P<reduction>\d+)"
+    r"_(?P<truncation>\d+)"
+    r"_(?P<granularity>fine|dynamic|coarse)(?:_(?:fine|dynamic|coarse))?"  # one upstream run says fine_fine
+    r"_(?P<weight_count_loss>\d+(?:\.\d+)?)"
+    r"_(?P<count_loss>dmcount|mae|mse)"
+    r"(?P<augmented>_aug)?$"
+)
+
+
+def parse_run_name(name: str) -> dict[str, Any] | None:
+    """Hyperparameters from an official run-directory name, or ``None`` if it does not parse.
+
+    ``clip_resnet50_word_448_8_4_fine_1.0_dmcount_aug`` gives backbone RN50, word prompts, input 448,
+    reduction 8, truncation 4, fine granularity, count-loss weight 1.0, DM-Count loss, augmented.
+    """
+    m = _RUN_NAME.match(name)
+    if m is None:
+        return None
+    backbone = canonical_backbone(m.group("model"))
+    if backbone is None:
+        return None
+    return {
+        "backbone": backbone,
+        "prompt_type": m.group("prompt_type"),
+        "input_size": int(m.group("input_size")),
+        "reduction": int(m.group("reduction")),
+        "truncation": int(m.group("truncation")),
+        "granularity": m.group("granularity"),
+        "weight_count_loss": float(m.group("weight_count_loss")),
+        "count_loss": m.group("count_loss"),
+        "augmented": m.group("augmented") is not None,
+    }
+
+
+def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read an official checkpoint: ``.pth``/``.pt`` (``torch.load`` with ``weights_only=True``; a resume
+    file's ``model_state_dict`` is taken) or ``.safetensors`` with the official keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path} does not exist or is not a file.")
+    if path.stat().st_size == 0:
+        raise ConversionError(f"{path} is empty; the download or copy was probably interrupted.")
+    with path.open("rb") as f:
+        head = f.read(8)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, RuntimeError, OSError) as e:
+            raise ConversionError(f"{path} is not a readable safetensors file ({e}).") from e
+    if not head.startswith(b"PK") and head[:2] != b"\x80\x02":
+        raise ConversionError(
+            f"{path} is not a PyTorch checkpoint (.pth) or a safetensors file; pass the best_mae_0.pth "
+            "(or ckpt.pth) file of an official run."
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(
+            f"{path} cannot be read as a PyTorch checkpoint with weights_only=True ({reason})."
+        ) from e
+    if isinstance(obj, Mapping) and "model_state_dict" in obj:
+        obj = obj["model_state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ConversionError(
+            f"{path} holds a {type(obj).__name__} that is not a model state_dict (a mapping of names to "
+            "tensors), nor a resume checkpoint with 'model_state_dict'."
+        )
+    return dict(obj)
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_file(
+    src: str | Path,
+    *,
+    run_name: str | None = None,
+    dataset: str | None = None,
+    backbone: str | None = None,
+    reduction: int | None = None,
+    truncation: int | None = None,
+    granularity: str | None = None,
+    anchor_kind: str = "average",
+    anchor_values: Sequence[float] | None = None,
+    prompt_type: str | None = None,
+    input_size: int | None = None,
+    num_vpt: int | None = None,
+    deep_vpt: bool | None = None,
+    clip_config: Mapping[str, Any] | None = None,
+    decoder_channels: Sequence[DecoderEntry] | None = None,
+) -> CLIPEBC:
+    """Convert the official checkpoint file ``src``; explicit arguments win over what the run-directory
+    name (``run_name``, or ``src``'s parent folder) and dataset folder (``src``'s grandparent) say."""
+    src = Path(src)
+    state = load_official_state_dict(src)  # first, so that a file that is no checkpoint says so
+    parsed: dict[str, Any] = {}
+    if run_name is not None:
+        found = parse_run_name(run_name)
+        if found is None:
+            raise ConversionError(
+                f"cannot read hyperparameters from the run name {run_name!r}; expected a name like "
+                "clip_resnet50_word_448_8_4_fine_1.0_dmcount_aug, or pass --backbone, --reduction and "
+                "--truncation instead."
+            )
+        parsed = found
+    else:
+        parsed = parse_run_name(src.resolve().parent.name) or {}
+        if parsed:
+            run_name = src.resolve().parent.name
+    if dataset is None and src.resolve().parent.parent.name in DATASETS and parsed:
+        dataset = src.resolve().parent.parent.name
+
+    backbone = backbone or parsed.get("backbone")
+    reduction = reduction or parsed.get("reduction")
+    truncation = truncation or parsed.get("truncation")
+    granularity = granularity or parsed.get("granularity") or "fine"
+    prompt_type = prompt_type or parsed.get("prompt_type") or "word"
+    missing = [flag for flag, v in (("--backbone", backbone), ("--reduction", reduction),
+                                    ("--truncation", truncation)) if v is None]
+    if missing:
+        raise ConversionError(
+            f"cannot tell the {', '.join(m.lstrip('-') for m in missing)} of {src.name}: its folder is not an "
+            f"official run directory; pass {' '.join(missing)} (or --run-name)."
+        )
+    assert backbone is not None and reduction is not None and truncation is not None
+    if granularity not in GRANULARITIES:
+        raise ConversionError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
+    bins = make_bins(truncation, granularity)  # type: ignore[arg-type]
+    if anchor_values is not None:
+        anchors = [float(a) for a in anchor_values]
+        anchor_source = "given"
+    elif anchor_kind == "middle":
+        anchors = middle_anchor_points(bins)
+        anchor_source = "middle"
+    else:
+        if dataset is None:
+            raise ConversionError(
+                f"the 'average' anchor points depend on the training dataset, which {src} does not show; "
+                f"pass --dataset ({'/'.join(DATASETS)}), or --anchor-points middle, or --anchor-values."
+            )
+        try:
+            anchors = official_anchor_points(reduction, truncation, dataset, granularity, "average")  # type: ignore[arg-type]
+        except ConfigError as e:
+            raise ConversionError(f"{e} Pass --anchor-values to give them explicitly.") from e
+        anchor_source = "official average"
+
+    provenance = {
+        "source": "official CLIP-EBC checkpoint",
+        "official_repo": OFFICIAL_REPO,
+        "converted_from": src.name,
+        "source_sha256": sha256_of(src),
+        "run_name": run_name,
+        "dataset": dataset,
+        "granularity": granularity,
+        "truncation": int(truncation),
+        "anchor_points": anchor_source,
+    }
+    if input_size is None and parsed.get("input_size") is not None:
+        input_size = parsed["input_size"]
+    arch_is_vit = "image_encoder.class_embedding" in state or "module.image_encoder.class_embedding" in state
+    return convert_official(
+        state,
+        backbone=backbone,
+        reduction=reduction,
+        bins=bins,
+        anchor_points=anchors,
+        prompt_type=prompt_type,
+        input_size=input_size,
+        num_vpt=num_vpt,
+        deep_vpt=(_infer_deep_vpt(state) if deep_vpt is None else deep_vpt) if arch_is_vit else True,
+        clip_config=clip_config,
+        decoder_channels=decoder_channels,
+        provenance={k: v for k, v in provenance.items() if v is not None},
+    )
+
+
+def _infer_deep_vpt(state: Mapping[str, Tensor]) -> bool:
+    tables = [k for k in state if _VPT_KEY.match(k[len("module."):] if k.startswith("module.") else k)]
+    return len(tables) != 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def _parse_floats(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError as e:
+        raise ConversionError(f"--anchor-values must be comma-separated numbers, got {text!r}.") from e
+
+
+def _parse_decoder(text: str | None) -> list[DecoderEntry] | None:
+    if text is None:
+        return None
+    out: list[DecoderEntry] = []
+    for v in text.replace(" ", "").split(","):
+        if v.upper() == "U":
+            out.append("U")
+        elif v.isdigit():
+            out.append(int(v))
+        else:
+            raise ConversionError(f"--decoder-channels must be comma-separated integers or U, got {text!r}.")
+    return out
+
+
+def _build_cli():  # a function so that importing this module does not need click's decorators to run
+    import json
+
+    import click
+
+    @click.command(
+        name="python -m clip_ebc.convert",
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    )
+    @click.argument("src", type=click.Path(path_type=Path))
+    @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+                  help="Directory to write config.json, model.safetensors and README.md into.")
+    @click.option("--run-name", help="Official run-directory name to read hyperparameters from "
+                  "(default: SRC's parent folder, e.g. clip_resnet50_word_448_8_4_fine_1.0_dmcount_aug).")
+    @click.option("--dataset", type=click.Choice(DATASETS),
+                  help="Training dataset (selects the 'average' anchor points; default: SRC's grandparent folder).")
+    @click.option("--backbone", help=f"One of {', '.join(BACKBONES)} (official names like clip_resnet50 work too).")
+    @click.option("--reduction", type=click.Choice(["8", "16", "32"]), help="Block size in pixels.")
+    @click.option("--truncation", type=int, help="Largest block count with a bin of its own.")
+    @click.option("--granularity", type=click.Choice(GRANULARITIES), help="Bin granularity (default fine).")
+    @click.option("--anchor-points", "anchor_kind", type=click.Choice(ANCHOR_KINDS), default="average",
+                  show_default=True, help="Which official anchor points the run used.")
+    @click.option("--anchor-values", help="Explicit anchor points, comma-separated (overrides --anchor-points).")
+    @click.option("--prompt-type", type=click.Choice(PROMPT_TYPES), help="Prompt wording (default word).")
+    @click.option("--input-size", type=int, help="Training input size (ViT: read from the weights if omitted).")
+    @click.option("--num-vpt", type=int, help="VPT tokens per block (read from the weights if omitted).")
+    @click.option("--shallow-vpt/--deep-vpt", "shallow", default=None,
+                  help="VPT kind (read from the weights if omitted).")
+    @click.option("--clip-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="JSON file with a custom CLIP architecture (official config fields).")
+    @click.option("--decoder-channels", help="Decoder widths, comma-separated (read from the weights if omitted).")
+    @click.option("--force", is_flag=True, help="Overwrite an existing output directory's files.")
+    def main(src: Path, out: Path, run_name, dataset, backbone, reduction, truncation, granularity,
+             anchor_kind, anchor_values, prompt_type, input_size, num_vpt, shallow, clip_config,
+             decoder_channels, force) -> None:
+        """Convert an official CLIP-EBC checkpoint SRC (.pth or .safetensors) into a clip-ebc checkpoint."""
+        try:
+            if out.exists() and any(out.iterdir()) and not force:
+                raise ConversionError(f"{out} already exists and is not empty; choose another -o or pass --force.")
+            clip = None
+            if clip_config is not None:
+                try:
+                    clip = json.loads(clip_config.read_text(encoding="utf-8"))
+                except (OSError, json.JSONDecodeError) as e:
+                    raise ConversionError(f"cannot read the CLIP config {clip_config}: {e}.") from e
+                clip = clip.get("clip_config", clip)  # accept a fixture-style file holding the fields
+            model = convert_file(
+                src,
+                run_name=run_name,
+                dataset=dataset,
+                backbone=backbone,
+                reduction=None if reduction is None else int(reduction),
+                truncation=truncation,
+                granularity=granularity,
+                anchor_kind=anchor_kind,
+                anchor_values=_parse_floats(anchor_values),
+                prompt_type=prompt_type,
+                input_size=input_size,
+                num_vpt=num_vpt,
+                deep_vpt=None if shallow is None else not shallow,
+                clip_config=clip,
+                decoder_channels=_parse_decoder(decoder_channels),
+            )
+            model.save_pretrained(out)
+        except CLIPEBCError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        cfg = model.config
+        click.echo(
+            f"Converted {src.name} -> {out}: {cfg.backbone}, block size {cfg.reduction}, {cfg.num_bins} bins "
+            f"({', '.join(cfg.prompts or ())}), anchors {list(cfg.anchor_points)}."
+        )
+
+    return main
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m clip_ebc.convert``."""
+    _build_cli()(args=None if argv is None else list(argv))
+
+
+if __name__ == "__main__":
+    main()
