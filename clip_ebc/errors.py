@@ -21,3 +21,15 @@ class CheckpointError(CLIPEBCError):
 
 class ConversionError(CheckpointError):
     """An official CLIP-EBC checkpoint cannot be converted."""
+
+
+class ImageError(CLIPEBCError, ValueError):
+    """An input image cannot be read or used (missing, empty, truncated, not an image, too large)."""
+
+
+class ModelNotFoundError(CLIPEBCError, LookupError):
+    """A model name, path or Hub id does not resolve to a checkpoint."""
+
+
+class DownloadError(CLIPEBCError):
+    """Weights could not be fetched, or what was fetched failed verification."""

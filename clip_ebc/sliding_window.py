@@ -9,16 +9,12 @@ for any image size.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from .tiling import run_plans, window_plan, window_starts
 
-def window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Start offsets along one side: every ``stride`` pixels, the last one flush with the border."""
-    count = math.ceil((size - window) / stride) + 1
-    return [min(i * stride, size - window) for i in range(count)]
+__all__ = ["sliding_window_density", "window_starts"]
 
 
 @torch.no_grad()
@@ -53,26 +49,10 @@ def sliding_window_density(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-
-    boxes = [(t, le) for t in window_starts(height, wh, sh) for le in window_starts(width, ww, sw)]
-    total = torch.zeros(batch, 1, height // r, width // r, dtype=torch.float32, device=x.device)
-    cover = torch.zeros(1, 1, height // r, width // r, dtype=torch.float32, device=x.device)
-    # windows of all images, flattened as (box, image) so one batch may span several images
-    jobs = [(b, box) for box in boxes for b in range(batch)]
-    for first in range(0, len(jobs), batch_size):
-        chunk = jobs[first : first + batch_size]
-        crops = torch.stack([x[b, :, t : t + wh, le : le + ww] for b, (t, le) in chunk])
-        density = model(crops).density.float()
-        if density.shape[-2:] != (wh // r, ww // r):
-            raise ValueError(
-                f"the model maps a {wh}x{ww} window to {tuple(density.shape[-2:])} cells, not "
-                f"{(wh // r, ww // r)}; use a window that is a multiple of the encoder stride."
-            )
-        for (b, (t, le)), d in zip(chunk, density):
-            total[b, :, t // r : t // r + wh // r, le // r : le // r + ww // r] += d
-    for t, le in boxes:
-        cover[:, :, t // r : t // r + wh // r, le // r : le // r + ww // r] += 1
-    return total / cover
+    plan = window_plan(height, width, (wh, ww), (sh, sw), r)
+    maps = run_plans(model, [x[b : b + 1] for b in range(batch)], [plan] * batch,
+                     [(height // r, width // r)] * batch, batch_size=batch_size)
+    return torch.cat(maps)
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:

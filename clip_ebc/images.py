@@ -1,0 +1,156 @@
+"""Reading images safely: paths, PIL images, arrays and tensors to RGB uint8 (H, W, 3).
+
+EXIF orientation is applied; palette, grey, alpha, CMYK and 16/32-bit images become RGB; missing,
+empty, truncated and non-image files, and images with more pixels than a limit (decompression bombs),
+raise :class:`~clip_ebc.errors.ImageError` naming the input.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+if TYPE_CHECKING:
+    import torch
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, "torch.Tensor"]
+"""What :func:`load_image` accepts: a file path, a PIL image, an (H, W, 3) uint8 array, or a
+(3, H, W) tensor (uint8 0-255, or float 0-1)."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+"""File suffixes treated as images when scanning folders."""
+
+DEFAULT_MAX_PIXELS = 178_956_970
+"""Images with more pixels than this are refused before decoding (a guard against decompression
+bombs; the same value as PIL's own hard limit, which applies on top of it)."""
+
+
+def describe(source: Any) -> str:
+    """A short name for an input, for messages: the path, or the kind of object."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, Image.Image):
+        return f"PIL image ({source.mode}, {source.width}x{source.height})"
+    shape = getattr(source, "shape", None)
+    return f"{type(source).__name__} of shape {tuple(shape)}" if shape is not None else type(source).__name__
+
+
+def load_image(source: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read ``source`` as RGB: (H, W, 3) uint8, EXIF orientation applied.
+
+    Raises :class:`ImageError` for anything that is not a usable image.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return _load_path(Path(source), max_pixels)
+    if isinstance(source, Image.Image):
+        _check_pixels(source.size, describe(source), max_pixels)
+        return to_rgb_array(ImageOps.exif_transpose(source))
+    if isinstance(source, np.ndarray):
+        return _from_array(source, describe(source), max_pixels)
+    if type(source).__module__.startswith("torch"):
+        return _from_tensor(source, max_pixels)
+    raise ImageError(
+        f"cannot read an image from a {type(source).__name__}; pass a file path, a PIL image, an (H, W, 3) "
+        "uint8 array or a (3, H, W) tensor."
+    )
+
+
+def _load_path(path: Path, max_pixels: int | None) -> np.ndarray:
+    if not path.exists():
+        raise ImageError(f"{path}: no such file.")
+    if path.is_dir():
+        raise ImageError(f"{path} is a directory, not an image.")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read it ({e.strerror}).") from e
+    if size == 0:
+        raise ImageError(f"{path} is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():
+            # our own max_pixels check below is the limit; PIL's hard error above twice its
+            # MAX_IMAGE_PIXELS still applies
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_pixels(img.size, str(path), max_pixels)
+                img = ImageOps.exif_transpose(img)
+                img.load()
+                return to_rgb_array(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{path} is not an image file that can be read (unknown or unsupported format).") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path} is too large to decode safely ({e}); downscale it first.") from e
+    except OSError as e:
+        if "truncated" in str(e).lower() or isinstance(e, SyntaxError):
+            raise ImageError(f"{path} is truncated or corrupt: {e}.") from e
+        raise ImageError(f"{path} cannot be decoded: {e}.") from e
+    except (SyntaxError, ValueError) as e:  # PIL raises these for some malformed files
+        raise ImageError(f"{path} is corrupt: {e}.") from e
+
+
+def _check_pixels(size: tuple[int, int], name: str, max_pixels: int | None) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageError(f"{name} has no pixels ({width}x{height}).")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(
+            f"{name} is {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,} "
+            "(a guard against decompression bombs); downscale it, or raise max_pixels if you trust the file."
+        )
+
+
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to RGB uint8 (H, W, 3); 16/32-bit and float images are rescaled to 8 bits."""
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8).copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            values = values / 257.0
+        elif mode == "I":
+            values = values / 257.0 if values.max(initial=0) > 255 else values
+        else:  # float images: [0, 1] data stays, anything else is min-max scaled
+            lo, hi = float(values.min(initial=0)), float(values.max(initial=0))
+            values = values * 255.0 if lo >= 0 and hi <= 1 else (values - lo) / max(hi - lo, 1e-12) * 255.0
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _from_array(array: np.ndarray, name: str, max_pixels: int | None) -> np.ndarray:
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ImageError(f"{name}: expected an (H, W, 3) RGB array.")
+    if array.dtype != np.uint8:
+        raise ImageError(f"{name}: expected dtype uint8 (0-255), got {array.dtype}; convert it with .astype(np.uint8).")
+    _check_pixels((array.shape[1], array.shape[0]), name, max_pixels)
+    return np.ascontiguousarray(array)
+
+
+def _from_tensor(tensor: Any, max_pixels: int | None) -> np.ndarray:
+    import torch
+
+    name = describe(tensor)
+    if tensor.ndim != 3 or tensor.shape[0] != 3:
+        raise ImageError(f"{name}: expected a (3, H, W) RGB tensor.")
+    _check_pixels((int(tensor.shape[2]), int(tensor.shape[1])), name, max_pixels)
+    t = tensor.detach().cpu()
+    if t.dtype == torch.uint8:
+        return t.permute(1, 2, 0).contiguous().numpy()
+    if not t.is_floating_point():
+        raise ImageError(f"{name}: expected uint8 (0-255) or float (0-1) values, got {t.dtype}.")
+    if t.numel() and (t.min() < 0 or t.max() > 1):
+        raise ImageError(f"{name}: float tensors must hold RGB values in [0, 1]; this one is not normalised that way.")
+    return (t.float() * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
