@@ -163,7 +163,8 @@ class CLIPEBC(
         map_location: str | torch.device = "cpu",
         **_: Any,
     ) -> CLIPEBC:
-        """Load a model saved with :meth:`save_pretrained`: a local directory or a Hub repo id.
+        """Load a model saved with :meth:`save_pretrained`: a local directory or a Hub repo id
+        (``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` are honoured).
 
         Loading is strict: a tensor missing from ``model.safetensors``, an unexpected one, or one
         with the wrong shape raises :class:`~clip_ebc.errors.CheckpointError`. The model is
@@ -179,13 +180,13 @@ class CLIPEBC(
                         f"directory holds {CONFIG_NAME} and {WEIGHTS_NAME}, as save_pretrained writes)."
                     )
         else:
-            from huggingface_hub import hf_hub_download
+            from .hub import fetch_hub_checkpoint
 
-            repo_id = str(pretrained_model_name_or_path)
-            kwargs = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
-                          local_files_only=local_files_only, token=token)
-            config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, **kwargs))
-            weights_file = Path(hf_hub_download(repo_id, WEIGHTS_NAME, **kwargs))
+            files = fetch_hub_checkpoint(
+                str(pretrained_model_name_or_path), revision, cache_dir=cache_dir, offline=local_files_only or None,
+                force_download=force_download, token=token,
+            )
+            config_file, weights_file = files[CONFIG_NAME], files[WEIGHTS_NAME]
         return load_checkpoint(config_file, weights_file, map_location=map_location)
 
 

@@ -85,3 +85,53 @@ def official_pair(request, official_rn50, official_vit, converted_rn50, converte
     if request.param == "tiny_rn50":
         return official_rn50, converted_rn50
     return official_vit, converted_vit
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(converted_rn50, converted_vit, tmp_path_factory):
+    """Checkpoint folders (config.json + model.safetensors) of both converted tiny models."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    converted_rn50.save_pretrained(root / "tiny_rn50")
+    converted_vit.save_pretrained(root / "tiny_vit")
+    return {"rn50": root / "tiny_rn50", "vit": root / "tiny_vit"}
+
+
+def make_scene(height: int, width: int, people: int, seed: int = 0):
+    """A synthetic crowd-like RGB uint8 image: a smooth textured background with ``people`` bright
+    blobs at random places. Returns (image, points (N, 2) as x, y)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    img = 70 + 35 * np.sin(xx / 37.0)[..., None] + 25 * np.cos(yy / 53.0)[..., None]
+    img = img + rng.normal(0, 8, (height, width, 3))
+    points = np.stack([rng.uniform(0, width, people), rng.uniform(0, height, people)], axis=1)
+    for x, y in points:
+        r = rng.uniform(2.5, 6)
+        img[(yy - y) ** 2 + (xx - x) ** 2 < r * r] = rng.integers(150, 256, 3)
+    return img.clip(0, 255).astype(np.uint8), points
+
+
+@pytest.fixture(scope="session")
+def official_pth(official_rn50, tmp_path_factory) -> bytes:
+    """The tiny RN50 as an official .pth file (torch.save of its state dict), as bytes."""
+    path = tmp_path_factory.mktemp("pth") / "best_mae_0.pth"
+    torch.save(official_rn50.state_dict, path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """An isolated weights cache and Hugging Face home, no offline flag, and an empty manifest file
+    (``CLIP_EBC_MANIFEST``) for the test to fill in."""
+    from clip_ebc import hub
+
+    monkeypatch.setenv("CLIP_EBC_CACHE", str(tmp_path / "clip-ebc-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    manifest = tmp_path / "manifest.json"
+    monkeypatch.setenv("CLIP_EBC_MANIFEST", str(manifest))
+    hub._load_manifest.cache_clear()
+    yield manifest
+    hub._load_manifest.cache_clear()

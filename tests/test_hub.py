@@ -1,0 +1,350 @@
+"""The weights registry: manifest facts, the Hub path and the release-archive path through local
+servers, pinned revisions, checksums, corrupted caches, offline use and archive safety."""
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from clip_ebc import CLIPEBC, DownloadError, ModelNotFoundError
+from clip_ebc import hub
+from clip_ebc.hub import extract_checkpoint, load_manifest, resolve_model
+from servers import HubServer, ReleaseServer
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMIT_OLD = "a" * 40
+COMMIT_NEW = "b" * 40
+RELEASE_PATH = "/Yiming-M/CLIP-EBC/releases/download/v1.0.0/NWPU_TINY_RN50_Word_mae.tgz"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny_files(converted_rn50, tmp_path_factory):
+    """config.json and model.safetensors of the converted tiny RN50, as bytes."""
+    folder = tmp_path_factory.mktemp("tiny_rn50")
+    converted_rn50.save_pretrained(folder)
+    return {name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors")}
+
+
+def make_tgz(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def entry(official_rn50, sources, **kw):
+    base = {
+        "description": "tiny RN50 for tests", "backbone": "RN50", "dataset": "sha", "block_size": 8, "truncation": 4,
+        "granularity": "fine", "prompt_type": "word", "anchor_points": "average", "input_size": 448, "run_name": None,
+        "metrics": [{"split": "none", "mae": 1.0, "rmse": 2.0, "source": "test"}], "license": "MIT",
+        "provenance": "test fixture", "sources": sources,
+        "convert": {"clip_config": official_rn50.meta["clip_config"], "decoder_channels": [128]},
+    }
+    base.update(kw)
+    return base
+
+
+def write_manifest(path: Path, models: dict, default: str | None = None) -> None:
+    path.write_text(json.dumps({"format_version": 1, "default": default or next(iter(models)), "models": models}))
+    hub._load_manifest.cache_clear()
+
+
+def check_parity(config_file, weights_file, official_rn50):
+    from clip_ebc.model import load_checkpoint
+
+    model = load_checkpoint(config_file, weights_file)
+    with torch.no_grad():
+        assert torch.equal(model(official_rn50.io["input"]).density, official_rn50.io["output"])
+
+
+# ------------------------------------------------------------------------------------ the manifest
+
+
+def test_shipped_manifest_records_only_known_facts():
+    hub._load_manifest.cache_clear()
+    manifest = load_manifest(ROOT / "weights_manifest.json")
+    assert manifest.default == "vit_b16.nwpu"
+    nwpu = manifest.get("vit_b16.nwpu")
+    assert (nwpu.backbone, nwpu.dataset, nwpu.block_size, nwpu.truncation, nwpu.prompt_type) == ("ViT-B-16", "nwpu", 8, 4, "word")
+    assert nwpu.metrics[0]["mae"] == 61.2 and nwpu.metrics[0]["rmse"] == 278.3 and "test" in nwpu.metrics[0]["split"]
+    (release,) = nwpu.sources
+    assert release.url == "https://github.com/Yiming-M/CLIP-EBC/releases/download/v1.0.0/NWPU_CLIP_ViT_B_16_Word_mae.tgz"
+    assert release.member == "best_mae_0.pth" and release.verified is False and release.sha256 is None
+    rn50 = manifest.get("rn50.nwpu")
+    assert rn50.metrics[0]["mae"] == 75.8 and rn50.metrics[0]["rmse"] == 367.3 and not rn50.downloadable
+    for info in manifest.models.values():
+        assert info.license.startswith("MIT") and info.provenance
+        for source in info.sources:
+            assert source.sha256 is None and not source.verified  # nothing here was downloaded and checked
+            if source.type == "huggingface":
+                assert not source.files  # no converted copy published yet
+
+
+def test_packaged_manifest_is_the_top_level_one():
+    assert hub.manifest_path().read_text() == (ROOT / "weights_manifest.json").read_text()
+
+
+def test_wheel_contains_the_manifest(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("clip_ebc-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        assert "clip_ebc/weights_manifest.json" in names and "clip_ebc/py.typed" in names
+        assert zf.read("clip_ebc/weights_manifest.json") == (ROOT / "weights_manifest.json").read_bytes()
+        metadata = zf.read(next(n for n in names if n.endswith("METADATA"))).decode()
+        scripts = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "Provides-Extra: train" in metadata and "Provides-Extra: test" in metadata
+    assert "crowdcount = clip_ebc.cli:main" in scripts and "clip-ebc = clip_ebc.cli:main" in scripts
+
+
+def test_unknown_name_suggests_close_ones(env, official_rn50):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [])})
+    with pytest.raises(ModelNotFoundError, match="'rn50.tinny' is not a known model.*Did you mean rn50.tiny"):
+        resolve_model("rn50.tinny")
+
+
+def test_model_without_source_explains_the_manual_route(env, official_rn50):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [], manual_download="https://example.org/folder")})
+    with pytest.raises(DownloadError, match="no automatic download source.*https://example.org/folder.*python -m clip_ebc.convert"):
+        resolve_model("rn50.tiny")
+
+
+# ----------------------------------------------------------------------------------- the Hub path
+
+
+@pytest.fixture
+def hub_server(tiny_files, monkeypatch):
+    stale = {name: b"stale " + data for name, data in tiny_files.items()}
+    server = HubServer({"clip-ebc/tiny-rn50": {COMMIT_OLD: stale, COMMIT_NEW: dict(tiny_files)}},
+                       {"clip-ebc/tiny-rn50": {"main": COMMIT_NEW}})
+    with server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+def hf_source(tiny_files, revision=COMMIT_NEW, checksums=None):
+    return {"type": "huggingface", "repo_id": "clip-ebc/tiny-rn50", "revision": revision,
+            "files": checksums if checksums is not None else {k: sha(v) for k, v in tiny_files.items()}}
+
+
+def test_hub_download_pinned_verified_and_cached(env, hub_server, tiny_files, official_rn50):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [hf_source(tiny_files)])})
+    resolved = resolve_model("rn50.tiny")
+    assert resolved.weights_file.read_bytes() == tiny_files["model.safetensors"]
+    assert COMMIT_NEW in str(resolved.weights_file)  # the snapshot of the pinned commit
+    check_parity(resolved.config_file, resolved.weights_file, official_rn50)
+    assert hub.is_cached(hub.load_manifest().get("rn50.tiny"))
+    before = len(hub_server.requests)
+    again = resolve_model("rn50.tiny", offline=True)  # warm cache: no network at all
+    assert again.weights_file == resolved.weights_file and len(hub_server.requests) == before
+
+
+def test_hub_revision_is_pinned(env, hub_server, tiny_files, official_rn50):
+    stale = {k: sha(b"stale " + v) for k, v in tiny_files.items()}
+    write_manifest(env, {"rn50.old": entry(official_rn50, [hf_source(tiny_files, COMMIT_OLD, stale)])})
+    resolved = resolve_model("rn50.old")
+    assert resolved.weights_file.read_bytes().startswith(b"stale ")
+    assert all(f"/resolve/{COMMIT_OLD}/" in path for _, path in hub_server.requests)
+
+
+def test_corrupted_hub_cache_is_refused_and_fetched_again(env, hub_server, tiny_files, official_rn50, caplog):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [hf_source(tiny_files)])})
+    weights = resolve_model("rn50.tiny").weights_file
+    blob = weights.resolve()
+    blob.write_bytes(b"bit rot" + blob.read_bytes()[7:])
+    gets = hub_server.count("GET")
+    with pytest.raises(DownloadError, match="cached model.safetensors of rn50.tiny is corrupted.*crowdcount --download rn50.tiny"):
+        resolve_model("rn50.tiny", offline=True)
+    resolved = resolve_model("rn50.tiny")
+    assert "refusing it and downloading it again" in caplog.text
+    assert hub_server.count("GET") == gets + 1
+    assert resolved.weights_file.read_bytes() == tiny_files["model.safetensors"]
+    check_parity(resolved.config_file, resolved.weights_file, official_rn50)
+
+
+def test_hub_checksum_mismatch_is_never_used(env, hub_server, tiny_files, official_rn50):
+    wrong = {"config.json": sha(tiny_files["config.json"]), "model.safetensors": "0" * 64}
+    write_manifest(env, {"rn50.bad": entry(official_rn50, [hf_source(tiny_files, checksums=wrong)])})
+    with pytest.raises(DownloadError, match="does not match the manifest's SHA-256 even after a fresh download"):
+        resolve_model("rn50.bad")
+
+
+def test_hf_hub_spec_with_revision(env, hub_server, tiny_files, official_rn50):
+    resolved = resolve_model(f"hf-hub:clip-ebc/tiny-rn50@{COMMIT_NEW}")
+    check_parity(resolved.config_file, resolved.weights_file, official_rn50)
+    model = CLIPEBC.from_pretrained("clip-ebc/tiny-rn50", revision=COMMIT_NEW, cache_dir=str(Path(env).parent / "hf2"))
+    assert model.config.backbone == "RN50"
+    with pytest.raises(DownloadError, match="has no revision 'nope'"):
+        resolve_model("hf-hub:clip-ebc/tiny-rn50@nope")
+    with pytest.raises(DownloadError, match="does not exist or is private"):
+        resolve_model("hf-hub:clip-ebc/missing")
+    with pytest.raises(ModelNotFoundError, match="not a valid Hub id"):
+        resolve_model("hf-hub:no-slash")
+
+
+def test_offline_cold_cache_names_the_missing_files_and_the_fix(env, hub_server, tiny_files, official_rn50, monkeypatch):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [hf_source(tiny_files)])})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DownloadError) as info:
+        resolve_model("rn50.tiny")
+    message = str(info.value)
+    assert "config.json of clip-ebc/tiny-rn50" in message and "not in the Hugging Face cache" in message
+    assert "crowdcount --download rn50.tiny" in message
+    assert hub_server.requests == []
+
+
+# ------------------------------------------------------------------------------- the release path
+
+
+@pytest.fixture
+def release_server(official_pth):
+    archive = make_tgz({"NWPU_TINY_RN50_Word_mae/best_mae_0.pth": official_pth,
+                        "NWPU_TINY_RN50_Word_mae/train.log": b"epoch 1 ..."})
+    with ReleaseServer({RELEASE_PATH: archive}) as server:
+        server.archive = archive
+        yield server
+
+
+def release_source(server, **kw):
+    return {"type": "release", "url": server.url + RELEASE_PATH, "member": "best_mae_0.pth", **kw}
+
+
+def test_release_archive_is_converted_once_and_cached(env, release_server, official_rn50):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)])})
+    resolved = resolve_model("rn50.tiny", progress=False)
+    folder = resolved.weights_file.parent
+    assert folder == hub.converted_dir("rn50.tiny")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "checksums.json", "config.json", "model.safetensors"]
+    check_parity(resolved.config_file, resolved.weights_file, official_rn50)
+    config = json.loads(resolved.config_file.read_text())
+    assert config["provenance"]["release_sha256"] == sha(release_server.archive)
+    assert config["provenance"]["model_name"] == "rn50.tiny" and config["provenance"]["dataset"] == "sha"
+    assert release_server.count("GET") == 2  # the redirect and the storage URL
+    resolve_model("rn50.tiny", offline=True)  # the next start needs no network
+    assert release_server.count("GET") == 2
+
+
+def test_corrupted_converted_copy_is_refused_and_rebuilt(env, release_server, official_rn50, caplog):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)])})
+    weights = resolve_model("rn50.tiny", progress=False).weights_file
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(DownloadError, match="not in"):
+        resolve_model("rn50.tiny", offline=True)
+    assert "is corrupted" in caplog.text and "refusing it" in caplog.text
+    resolved = resolve_model("rn50.tiny", progress=False)
+    assert release_server.count("GET") == 4
+    check_parity(resolved.config_file, resolved.weights_file, official_rn50)
+
+
+def test_release_checksum_is_checked_when_known(env, release_server, official_rn50):
+    good = release_source(release_server, sha256=sha(release_server.archive))
+    bad = release_source(release_server, sha256="f" * 64)
+    write_manifest(env, {"rn50.good": entry(official_rn50, [good]), "rn50.bad": entry(official_rn50, [bad])})
+    resolve_model("rn50.good", progress=False)
+    with pytest.raises(DownloadError, match="not the manifest's f{64}; refusing"):
+        resolve_model("rn50.bad", progress=False)
+    assert not hub.converted_dir("rn50.bad").exists()
+
+
+def test_sources_are_tried_in_order(env, hub_server, release_server, official_rn50, caplog):
+    # an unpublished Hub slot is skipped, a Hub copy that is gone fails, then the release archive is used
+    broken_hub = {"type": "huggingface", "repo_id": "clip-ebc/x", "revision": COMMIT_NEW, "files": {}}
+    unpublished = {"type": "huggingface", "repo_id": None, "revision": None, "files": {}}
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [unpublished, broken_hub, release_source(release_server)])})
+    resolved = resolve_model("rn50.tiny", progress=False)
+    check_parity(resolved.config_file, resolved.weights_file, official_rn50)
+    assert "the Hub repository clip-ebc/x does not exist or is private" in caplog.text
+
+
+def test_unreachable_release_fails_clearly(env, official_rn50):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [{"type": "release", "url": "http://127.0.0.1:9/a.tgz"}])})
+    with pytest.raises(DownloadError, match="could not fetch rn50.tiny: cannot reach http://127.0.0.1:9/a.tgz"):
+        resolve_model("rn50.tiny", progress=False)
+
+
+# ------------------------------------------------------------------------------- archive safety
+
+
+def test_extraction_never_writes_archive_paths(tmp_path, official_pth):
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w:gz") as tar:
+        for name, data in {"../../escaped.txt": b"x", "/abs/best_mae_0.pth": official_pth}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link.pth")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    work = tmp_path / "work"
+    work.mkdir()
+    archive = work / "evil.tgz"
+    archive.write_bytes(evil.getvalue())
+    out = extract_checkpoint(archive, "best_mae_0.pth", work / "out.pth")
+    assert out.read_bytes() == official_pth
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.tgz", "out.pth", "work"]
+
+
+def test_extraction_limits_and_member_choice(tmp_path, official_pth):
+    archive = tmp_path / "a.tgz"
+    archive.write_bytes(make_tgz({"x/best_mae_0.pth": official_pth, "x/best_rmse_0.pth": official_pth}))
+    with pytest.raises(DownloadError, match="over the 1,000-byte limit"):
+        extract_checkpoint(archive, "best_mae_0.pth", tmp_path / "o.pth", max_bytes=1000)
+    with pytest.raises(DownloadError, match="does not hold exactly one checkpoint; its checkpoint files are: x/best_mae_0.pth, x/best_rmse_0.pth"):
+        extract_checkpoint(archive, None, tmp_path / "o.pth")
+    with pytest.raises(DownloadError, match="does not hold ckpt.pth"):
+        extract_checkpoint(archive, "ckpt.pth", tmp_path / "o.pth")
+    zipped = tmp_path / "a.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("weights/best_mae_0.pth", official_pth)
+    assert extract_checkpoint(zipped, None, tmp_path / "z.pth").read_bytes() == official_pth
+    bare = tmp_path / "best.pth"
+    bare.write_bytes(official_pth)
+    assert extract_checkpoint(bare, "best_mae_0.pth", tmp_path / "unused.pth") == bare
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"hello")
+    with pytest.raises(DownloadError, match="neither a tar/zip archive nor a checkpoint"):
+        extract_checkpoint(junk, None, tmp_path / "j.pth")
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_cli_download_then_offline_count(env, release_server, official_rn50, tmp_path):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)])})
+    import os
+
+    from PIL import Image
+
+    run_env = {**os.environ}
+    image = tmp_path / "crowd.png"
+    Image.fromarray((torch.rand(200, 300, 3) * 255).byte().numpy()).save(image)
+    proc = subprocess.run([sys.executable, "-m", "clip_ebc.cli", "--download", "rn50.tiny"], env=run_env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert str(hub.converted_dir("rn50.tiny")) in proc.stdout
+    listing = subprocess.run([sys.executable, "-m", "clip_ebc.cli", "--list-models"], env=run_env,
+                             capture_output=True, text=True, timeout=60).stdout
+    assert "rn50.tiny (default)" in listing and listing.splitlines()[1].rstrip().endswith("yes")
+    offline = {**run_env, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "clip_ebc.cli", str(image), "--json"], env=offline,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)
+    assert row["model"] == "rn50.tiny" and row["width"] == 300 and row["height"] == 200
+    assert release_server.count("GET") == 2
