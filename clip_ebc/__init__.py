@@ -2,7 +2,11 @@
 
 The public API::
 
-    from clip_ebc import CLIPEBC, ModelConfig, sliding_window_density
+    from clip_ebc import CrowdCounter
+
+    result = CrowdCounter().count("crowd.jpg")     # the default registry model, fetched once
+    result.count, result.density                     # people; (h, w) people per 8x8 block
+    result.save_heatmap("crowd_heatmap.png")
 
 Heavy dependencies (torch, open_clip) are imported on first use of a name, so ``import clip_ebc``
 and the command line's ``--help`` stay fast.
@@ -12,11 +16,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import CheckpointError, CLIPEBCError, ConfigError, ConversionError
+from .errors import (
+    CheckpointError,
+    CLIPEBCError,
+    ConfigError,
+    ConversionError,
+    DownloadError,
+    ImageError,
+    ModelNotFoundError,
+)
 
 __version__ = "0.1.0.dev0"
 
 _LAZY = {
+    "CrowdCounter": ".counter",
+    "CountResult": ".counter",
+    "list_models": ".hub",
+    "load_model": ".hub",
     "CLIPEBC": ".model",
     "CLIPEBCOutput": ".model",
     "ModelConfig": ".config",
@@ -32,13 +48,22 @@ __all__ = [
     "ClipArchitecture",
     "ConfigError",
     "ConversionError",
+    "CountResult",
+    "CrowdCounter",
+    "DownloadError",
+    "ImageError",
     "ModelConfig",
+    "ModelNotFoundError",
     "__version__",
+    "list_models",
+    "load_model",
     "sliding_window_density",
 ]
 
 if TYPE_CHECKING:
     from .config import ClipArchitecture, ModelConfig
+    from .counter import CountResult, CrowdCounter
+    from .hub import list_models, load_model
     from .model import CLIPEBC, CLIPEBCOutput
     from .sliding_window import sliding_window_density
 

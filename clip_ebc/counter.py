@@ -1,0 +1,318 @@
+"""``CrowdCounter``: count people in images with a CLIP-EBC model, and ``CountResult``.
+
+Each image is read (EXIF orientation applied), resized with its model's training-set rule (sides
+snapped to multiples of 32 within [448, max]) unless ``resize="native"``, normalised, and run:
+
+* ViT models: 224-pixel windows with stride 224, overlapping cells averaged (the official evaluation);
+* ResNet models: the whole image, or, when it is larger than ``tile_size`` plus margins,
+  ``tile_size``-pixel tiles with ``tile_margin`` pixels of context each, so peak memory depends on the
+  tile size and not on the image size.
+
+Crops of equal size from consecutive images are batched together.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import CLIPEBCError, ConfigError, ImageError
+from .images import DEFAULT_MAX_PIXELS, ImageInput, describe, load_image
+from .model import CLIPEBC
+from .preprocess import ResizeRule, to_input_tensor
+from .tiling import Crop, run_plans, tile_plan, whole_plan, window_plan
+
+RESNET_ALIGN = 32
+"""ResNet inputs are padded to multiples of this, so tiles line up with the stride-32 grid."""
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA if available, else Apple MPS, else CPU. Otherwise the named device, checked."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"{device!r} is not a device; use auto, cpu, cuda, cuda:N or mps.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was requested, but CUDA is not available here; use --device cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s).")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device!r} was requested, but Apple MPS is not available here; use --device cpu.")
+    return dev
+
+
+@dataclass
+class CountResult:
+    """The count and density map of one image."""
+
+    count: float
+    """Estimated number of people (the sum of ``density``); NaN when ``error`` is set."""
+    density: np.ndarray
+    """(h, w) float32, expected people per ``block_size`` x ``block_size`` block of the processed image."""
+    block_size: int
+    """Pixels per density cell side in the processed image."""
+    image_size: tuple[int, int]
+    """(height, width) of the input image in pixels, after EXIF orientation."""
+    model_name: str
+    processed_size: tuple[int, int] = (0, 0)
+    """(height, width) the model saw, after the resize rule."""
+    source: str | None = None
+    """The input's path, or a description of an in-memory image."""
+    seconds: float = 0.0
+    """Wall time for this image; work batched across images is shared out evenly."""
+    error: str | None = None
+    """Why the image could not be counted (only with ``count_many(..., skip_errors=True)``)."""
+    _image: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def density_at_image_size(self) -> np.ndarray:
+        """The density resampled to the input image: (H, W) float32, people per pixel, same sum."""
+        height, width = self.image_size
+        if not self.ok or self.density.size == 0:
+            return np.zeros((height, width), dtype=np.float32)
+        d = torch.from_numpy(self.density).float()[None, None]
+        up = F.interpolate(d, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        total = float(up.sum())
+        scale = self.count / total if total > 0 else 0.0
+        return (up * scale).numpy().astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: path, count, model, image size, seconds (and error)."""
+        d: dict[str, Any] = {
+            "path": self.source,
+            "count": self.count if self.ok else None,
+            "model": self.model_name,
+            "width": self.image_size[1] if self.ok else None,
+            "height": self.image_size[0] if self.ok else None,
+            "seconds": round(self.seconds, 4),
+        }
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
+    def save_heatmap(
+        self,
+        path: str | os.PathLike[str],
+        image: ImageInput | None = None,
+        *,
+        opacity: float = 0.5,
+        cmap: str = "magma",
+        side_by_side: bool = False,
+    ) -> Path:
+        """Draw the density over the image and save it (PNG or JPEG by suffix), at the image's pixel size
+        (twice its width with ``side_by_side``). ``image`` defaults to the counted image."""
+        from .heatmap import save_heatmap
+
+        if not self.ok:
+            raise ImageError(f"{self.source}: cannot draw a heatmap for an image that was not counted ({self.error}).")
+        if image is None:
+            image = self._image if self._image is not None else self.source
+        if image is None:
+            raise ImageError("pass the image to draw on: save_heatmap(path, image=...).")
+        rgb = load_image(image, max_pixels=None)
+        if rgb.shape[:2] != tuple(self.image_size):
+            raise ImageError(
+                f"the image is {rgb.shape[0]}x{rgb.shape[1]} but the count was made on a "
+                f"{self.image_size[0]}x{self.image_size[1]} image; pass the same image."
+            )
+        return save_heatmap(path, rgb, self.density, count=self.count, block_size=self.block_size,
+                            opacity=opacity, cmap=cmap, side_by_side=side_by_side)
+
+
+@dataclass
+class _Job:
+    index: int
+    source: Any
+    name: str
+    rgb_shape: tuple[int, int]
+    x: torch.Tensor
+    plan: list[Crop]
+    cells: tuple[int, int]
+    valid: tuple[int, int]
+    processed_size: tuple[int, int]
+    keep_image: Any = None
+
+
+class CrowdCounter:
+    """Count people in images with a CLIP-EBC model.
+
+    model: a registry name (``crowdcount --list-models``; default: the registry's default), a folder with
+    ``config.json`` + ``model.safetensors``, ``"hf-hub:ORG/NAME[@REV]"``, or a :class:`~clip_ebc.CLIPEBC`.
+    device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    resize: ``"dataset"`` (the training set's rule: sides multiples of 32 in [448, max]; default),
+    ``"native"`` (keep the size; padded to a multiple of 32), or a ``(min_side, max_side)`` pair.
+    batch_size: crops per forward pass. tile_size, tile_margin: ResNet inputs with more pixels than
+    ``(tile_size + 2 * tile_margin)**2`` are processed as tiles (pixels; multiples of 32).
+    window, stride: ViT sliding window (default: the model's input size, 224, for both).
+    cache_dir, offline, progress: see :func:`clip_ebc.hub.resolve_model`.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | CLIPEBC | None = None,
+        device: str | torch.device = "auto",
+        *,
+        resize: Literal["dataset", "native"] | tuple[int, int | None] = "dataset",
+        batch_size: int = 8,
+        tile_size: int = 1024,
+        tile_margin: int = 64,
+        window: int | None = None,
+        stride: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        cache_dir: str | os.PathLike[str] | None = None,
+        offline: bool | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.device = select_device(device)
+        if isinstance(model, CLIPEBC):
+            self.model = model
+            self.name = str(model.config.provenance.get("model_name", "custom"))
+            dataset = model.config.provenance.get("dataset")
+        else:
+            from .hub import resolve_model
+            from .model import load_checkpoint
+
+            resolved = resolve_model(model, cache_dir=cache_dir, offline=offline, progress=progress)
+            self.model = load_checkpoint(resolved.config_file, resolved.weights_file)
+            self.name = resolved.name
+            dataset = resolved.info.dataset if resolved.info else self.model.config.provenance.get("dataset")
+        self.model = self.model.to(self.device).eval()
+        self.config = self.model.config
+        self.block_size = self.config.reduction
+
+        if resize == "dataset":
+            self.resize: ResizeRule | None = ResizeRule.for_dataset(dataset)
+        elif resize == "native":
+            self.resize = None
+        elif isinstance(resize, (tuple, list)) and len(resize) == 2:
+            self.resize = ResizeRule(int(resize[0]), None if resize[1] is None else int(resize[1]))
+        else:
+            raise ConfigError(f"resize must be 'dataset', 'native' or (min_side, max_side), got {resize!r}.")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        if tile_size % RESNET_ALIGN or tile_margin % RESNET_ALIGN or tile_size <= 0 or tile_margin < 0:
+            raise ConfigError(f"tile_size and tile_margin must be multiples of {RESNET_ALIGN}, got {tile_size} and {tile_margin}.")
+        self.batch_size = batch_size
+        self.tile_size, self.tile_margin = tile_size, tile_margin
+        self.window = int(window or self.config.input_size)  # type: ignore[arg-type]
+        self.stride = int(stride or self.window)
+        if self.config.is_vit and (self.window % self.block_size or not 0 < self.stride <= self.window):
+            raise ConfigError(f"window {self.window} must be a multiple of {self.block_size} and stride {self.stride} in (0, window].")
+        self.max_pixels = max_pixels
+
+    def __repr__(self) -> str:
+        return f"CrowdCounter(model={self.name!r}, device={str(self.device)!r}, backbone={self.config.backbone!r})"
+
+    # ------------------------------------------------------------------------------------ public
+
+    def count(self, image: ImageInput) -> CountResult:
+        """Count the people in one image (a path, PIL image, (H, W, 3) uint8 array or (3, H, W) tensor)."""
+        return next(self.count_many([image], batch_size=self.batch_size))
+
+    def count_many(
+        self,
+        images: Iterable[ImageInput],
+        batch_size: int | None = None,
+        *,
+        skip_errors: bool = False,
+    ) -> Iterator[CountResult]:
+        """Count many images, yielding one result per input, in order.
+
+        Crops of up to ``batch_size`` consecutive images are batched together. An input that cannot be
+        read raises :class:`~clip_ebc.errors.ImageError`, or, with ``skip_errors=True``, yields a result
+        whose ``error`` says why and the run goes on.
+        """
+        batch_size = batch_size or self.batch_size
+        chunk: list[Any] = []
+        for image in images:
+            chunk.append(image)
+            if len(chunk) == batch_size:
+                yield from self._count_chunk(chunk, batch_size, skip_errors)
+                chunk = []
+        if chunk:
+            yield from self._count_chunk(chunk, batch_size, skip_errors)
+
+    # ---------------------------------------------------------------------------------- internal
+
+    def _count_chunk(self, sources: list[Any], batch_size: int, skip_errors: bool) -> Iterator[CountResult]:
+        start = time.perf_counter()
+        jobs: list[_Job | CountResult] = []
+        for i, source in enumerate(sources):
+            try:
+                jobs.append(self._prepare(i, source))
+            except CLIPEBCError as e:
+                if not skip_errors:
+                    raise
+                jobs.append(CountResult(math.nan, np.zeros((0, 0), np.float32), self.block_size, (0, 0), self.name,
+                                        source=describe(source), error=str(e)))
+        ready = [j for j in jobs if isinstance(j, _Job)]
+        with torch.inference_mode():
+            maps = run_plans(self.model, [j.x for j in ready], [j.plan for j in ready], [j.cells for j in ready],
+                             batch_size=batch_size) if ready else []
+        per_image = (time.perf_counter() - start) / max(len(sources), 1)
+        by_index = {j.index: m for j, m in zip(ready, maps)}
+        for job in jobs:
+            if isinstance(job, CountResult):
+                job.seconds = per_image
+                yield job
+                continue
+            density = by_index[job.index][0, 0, : job.valid[0], : job.valid[1]].float().cpu().numpy()
+            yield CountResult(
+                count=float(density.sum(dtype=np.float64)),
+                density=density,
+                block_size=self.block_size,
+                image_size=job.rgb_shape,
+                model_name=self.name,
+                processed_size=job.processed_size,
+                source=job.name,
+                seconds=per_image,
+                _image=job.keep_image,
+            )
+
+    def _prepare(self, index: int, source: Any) -> _Job:
+        rgb = load_image(source, max_pixels=self.max_pixels)
+        height, width = rgb.shape[:2]
+        size = self.resize.size(width, height) if self.resize is not None else (width, height)
+        x = to_input_tensor(rgb, self.config.mean, self.config.std, size=size, device=self.device)
+        h, w = x.shape[-2:]
+        r = self.block_size
+        valid = (math.ceil(h / r), math.ceil(w / r))
+        if self.config.is_vit:
+            ph, pw = max(self.window, valid[0] * r), max(self.window, valid[1] * r)
+            x = F.pad(x, (0, pw - w, 0, ph - h))
+            plan = window_plan(ph, pw, (self.window, self.window), (self.stride, self.stride), r)
+            cells = (ph // r, pw // r)
+        else:
+            ph, pw = _round_up(h, RESNET_ALIGN), _round_up(w, RESNET_ALIGN)
+            x = F.pad(x, (0, pw - w, 0, ph - h))
+            cells = (ph // r, pw // r)
+            limit = (self.tile_size + 2 * self.tile_margin) ** 2
+            plan = whole_plan(ph, pw, cells) if ph * pw <= limit else tile_plan(ph, pw, self.tile_size, self.tile_margin, r)
+        keep = None if isinstance(source, (str, os.PathLike)) else rgb  # in-memory images are kept for heatmaps
+        name = str(source) if isinstance(source, (str, os.PathLike)) else describe(source)
+        return _Job(index, source, name, (height, width), x, plan, cells, valid, (h, w), keep)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple

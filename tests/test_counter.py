@@ -1,0 +1,167 @@
+"""CrowdCounter and CountResult with the tiny converted models."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_ebc import CLIPEBC, ConfigError, CountResult, CrowdCounter, ImageError
+from clip_ebc.counter import select_device
+from clip_ebc.sliding_window import sliding_window_density
+from conftest import make_scene
+
+
+@pytest.fixture(scope="module")
+def rn50(tiny_dirs):
+    return CrowdCounter(tiny_dirs["rn50"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def vit(tiny_dirs):
+    return CrowdCounter(tiny_dirs["vit"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    image, _ = make_scene(300, 420, 60)
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    Image.fromarray(image).save(path)
+    return image, path
+
+
+def test_every_input_kind_gives_the_same_count(rn50, scene):
+    image, path = scene
+    chw = torch.from_numpy(image).permute(2, 0, 1)
+    counts = [rn50.count(s).count for s in (path, str(path), Image.fromarray(image), image, chw, chw.float() / 255)]
+    assert max(counts) - min(counts) < 1e-3
+    result = rn50.count(path)
+    assert isinstance(result, CountResult) and result.ok
+    assert result.count == pytest.approx(float(result.density.sum(dtype=np.float64)), rel=1e-9)
+    assert result.density.dtype == np.float32 and result.block_size == 8
+    assert result.image_size == (300, 420)
+    assert result.processed_size == (448, 640)  # short side to 448; 420 * 448/300 = 627.2 snaps to 640
+    assert result.density.shape == (448 // 8, 640 // 8)
+    assert result.source == str(path) and result.model_name == str(rn50.name)
+
+
+def test_matches_running_the_model_directly(rn50, vit, scene):
+    """The counter is the official pipeline: resize, ImageNet normalisation, whole image or 224 windows."""
+    from clip_ebc.preprocess import to_input_tensor
+
+    image, _ = scene
+    x = to_input_tensor(image, rn50.config.mean, rn50.config.std, size=(640, 448))
+    with torch.no_grad():
+        direct = rn50.model(x).density[0, 0].numpy()
+    np.testing.assert_allclose(rn50.count(image).density, direct, rtol=0, atol=1e-6)
+    windows = sliding_window_density(vit.model, x, 224, 224)[0, 0].numpy()
+    np.testing.assert_allclose(vit.count(image).density, windows, rtol=0, atol=1e-6)
+
+
+def test_count_result_helpers(rn50, scene, tmp_path):
+    image, path = scene
+    result = rn50.count(path)
+    full = result.density_at_image_size()
+    assert full.shape == (300, 420) and full.dtype == np.float32
+    assert float(full.sum()) == pytest.approx(result.count, rel=1e-5)
+    d = result.to_dict()
+    assert d == {"path": str(path), "count": result.count, "model": result.model_name, "width": 420, "height": 300,
+                 "seconds": d["seconds"]}
+    out = result.save_heatmap(tmp_path / "heat.png")
+    assert Image.open(out).size == (420, 300)
+    out = rn50.count(image).save_heatmap(tmp_path / "heat.jpg", side_by_side=True)  # in-memory image kept
+    assert Image.open(out).size == (840, 300) and Image.open(out).format == "JPEG"
+    with pytest.raises(ConfigError, match="must end in .png, .jpg or .jpeg"):
+        result.save_heatmap(tmp_path / "heat.gif")
+    with pytest.raises(ImageError, match="pass the same image"):
+        result.save_heatmap(tmp_path / "x.png", image=image[:100])
+
+
+def test_count_many_keeps_order_and_batching_does_not_change_results(rn50, vit):
+    images = [make_scene(h, w, 20, seed)[0] for seed, (h, w) in enumerate([(240, 320), (480, 640), (240, 320), (500, 500)])]
+    for counter in (rn50, vit):
+        one = [r.count for r in counter.count_many(images, batch_size=1)]
+        many = [r.count for r in counter.count_many(images, batch_size=3)]
+        assert [counter.count(i).count for i in images] == pytest.approx(one, rel=1e-5)
+        assert many == pytest.approx(one, rel=1e-5)
+
+
+def test_count_many_skips_bad_inputs_on_request(rn50, scene, tmp_path):
+    _, path = scene
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    results = list(rn50.count_many([path, bad, path], skip_errors=True))
+    assert [r.ok for r in results] == [True, False, True]
+    assert "is not an image file" in results[1].error and np.isnan(results[1].count)
+    assert results[1].to_dict()["count"] is None and results[0].count == results[2].count
+    with pytest.raises(ImageError, match="bad.jpg is not an image file"):
+        list(rn50.count_many([path, bad]))
+
+
+def test_native_size_and_small_images(rn50, vit):
+    image, _ = make_scene(150, 201, 10)
+    for counter in (rn50, vit):
+        native = CrowdCounter(counter.model, device="cpu", resize="native")
+        result = native.count(image)
+        assert result.processed_size == (150, 201)
+        assert result.density.shape == (19, 26)  # ceil(150/8), ceil(201/8): padded cells are dropped
+        assert np.isfinite(result.count)
+    explicit = CrowdCounter(rn50.model, device="cpu", resize=(256, 512)).count(image)
+    assert explicit.processed_size == (256, 352)
+
+
+def test_tiled_and_untiled_counts_agree(rn50):
+    image, _ = make_scene(1024, 1536, 400, seed=3)
+    untiled = CrowdCounter(rn50.model, device="cpu", resize="native", tile_size=2048, tile_margin=0)
+    tiled = CrowdCounter(rn50.model, device="cpu", resize="native", tile_size=256, tile_margin=64)
+    job = tiled._prepare(0, image)
+    assert len(job.plan) == 24 and max(c.height * c.width for c in job.plan) <= (256 + 128) ** 2
+    assert len(untiled._prepare(0, image).plan) == 1
+    a, b = untiled.count(image), tiled.count(image)
+    assert abs(a.count - b.count) / a.count < 0.01
+    assert a.density.shape == b.density.shape
+
+
+def test_model_instance_and_repr(converted_rn50):
+    counter = CrowdCounter(converted_rn50, device="cpu")
+    assert counter.name == "custom" and "RN50" in repr(counter)
+    assert isinstance(counter.model, CLIPEBC) and not counter.model.training
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(resize="big"), "resize must be 'dataset', 'native'"),
+        (dict(batch_size=0), "batch_size must be at least 1"),
+        (dict(tile_size=100), "multiples of 32"),
+    ],
+)
+def test_bad_settings(converted_rn50, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        CrowdCounter(converted_rn50, device="cpu", **kwargs)
+
+
+def test_device_selection():
+    assert select_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert select_device("auto").type in ("cpu", "mps")
+        with pytest.raises(ConfigError, match="CUDA is not available here; use --device cpu"):
+            select_device("cuda")
+    with pytest.raises(ConfigError, match="'gpu0' is not a device"):
+        select_device("gpu0")
+
+
+def test_matplotlib_is_imported_only_for_heatmaps(tiny_dirs, scene, tmp_path):
+    _, path = scene
+    code = (
+        "import sys\n"
+        "from clip_ebc import CrowdCounter\n"
+        f"r = CrowdCounter({str(tiny_dirs['rn50'])!r}, device='cpu').count({str(path)!r})\n"
+        "print('matplotlib' in sys.modules)\n"
+        f"r.save_heatmap({str(tmp_path / 'h.png')!r})\n"
+        "print('matplotlib' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+    assert out.split() == ["False", "True"]
