@@ -1,0 +1,253 @@
+"""The ``crowdcount`` command (also installed as ``clip-ebc``).
+
+Heavy modules (torch, open_clip, matplotlib) are imported only once there is something to count, so
+``--help``, ``--version`` and ``--list-models`` answer at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import CLIPEBCError
+
+HEATMAP_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class _InputProblem:
+    """An input argument that named no image (a missing file, an empty folder, an unmatched glob)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name, self.message = name, message
+
+
+def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> list[Path | _InputProblem]:
+    """Files as given, folders as the images inside (sorted; ``recursive`` descends), globs expanded."""
+    from .images import IMAGE_SUFFIXES
+
+    out: list[Path | _InputProblem] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            images = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                hint = "" if recursive else " (use --recursive to look in sub-folders)"
+                out.append(_InputProblem(item, f"{item}: no images in this folder{hint}."))
+            for p in images:
+                add(p)
+        elif not path.exists() and glob.has_magic(item):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=recursive) if Path(m).is_file())
+            if not matches:
+                out.append(_InputProblem(item, f"{item}: no files match this pattern."))
+            for p in matches:
+                add(p)
+        else:
+            add(path)  # a missing or unreadable file is reported when it is read
+    return out
+
+
+def heatmap_targets(heatmap: Path | None, inputs: list[Path | _InputProblem]) -> dict[Path, Path]:
+    """Where each image's heatmap goes: ``heatmap`` itself for one input, else ``heatmap/<stem>_heatmap.png``."""
+    if heatmap is None:
+        return {}
+    images = [p for p in inputs if isinstance(p, Path)]
+    if heatmap.suffix.lower() in HEATMAP_SUFFIXES:
+        if len(inputs) > 1:
+            raise click.UsageError(f"--heatmap {heatmap} is a file name, but {len(inputs)} inputs were given; pass a directory.")
+        return {images[0]: heatmap} if images else {}
+    targets, used = {}, set()
+    for p in images:
+        name, n = f"{p.stem}_heatmap.png", 2
+        while name in used:
+            name, n = f"{p.stem}_heatmap_{n}.png", n + 1
+        used.add(name)
+        targets[p] = heatmap / name
+    return targets
+
+
+def _print_models(echo) -> None:
+    from .hub import is_cached, list_models, load_manifest
+
+    manifest = load_manifest()
+    rows = [("name", "backbone", "dataset", "reported MAE / RMSE", "cached")]
+    for info in list_models():
+        marker = " (default)" if info.name == manifest.default else ""
+        cached = "yes" if is_cached(info) else ("no" if info.downloadable else "manual")
+        rows.append((info.name + marker, info.backbone, info.dataset, info.metric_text(), cached))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    echo("\n'manual': no automatic download source is known; see the README for converting such weights.")
+
+
+def _download(names: str, echo, err) -> int:
+    from .hub import list_models, resolve_model
+
+    targets = [m.name for m in list_models() if m.downloadable] if names == "all" else names.split(",")
+    failed = 0
+    for name in targets:
+        try:
+            resolved = resolve_model(name.strip(), offline=False)
+            echo(f"{resolved.name}: {resolved.weights_file.parent}")
+        except CLIPEBCError as e:
+            err(f"error: {e}")
+            failed += 1
+    if names == "all":
+        skipped = [m.name for m in list_models() if not m.downloadable]
+        if skipped:
+            err(f"skipped (no automatic download source): {', '.join(skipped)}")
+    return 1 if failed else 0
+
+
+@click.command(
+    name="crowdcount",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Examples:\n\n\b\n  crowdcount photo.jpg --heatmap photo_heat.png\n  crowdcount photos/ -r --json > "
+           "counts.jsonl\n  crowdcount 'shots/*.jpg' --csv counts.csv --heatmap heatmaps/\n  crowdcount --list-models",
+)
+@click.argument("inputs", nargs=-1, metavar="INPUTS...")
+@click.option("-m", "--model", metavar="NAME|DIR|hf-hub:ID",
+              help="Registry name (see --list-models), checkpoint folder, or hf-hub:ORG/NAME[@REVISION]. "
+                   "Default: the registry's default model.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--heatmap", type=click.Path(path_type=Path),
+              help="Write a heatmap: a .png/.jpg file for one input, a directory for several.")
+@click.option("--side-by-side", is_flag=True, help="Heatmaps show the plain image next to the overlay.")
+@click.option("--opacity", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap overlay opacity.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image on stdout.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results to a CSV file.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Crops per forward pass.")
+@click.option("-r", "--recursive", is_flag=True, help="Look for images in sub-folders of folder inputs.")
+@click.option("--native-size", is_flag=True, help="Keep each image's size instead of the training set's resize rule.")
+@click.option("--list-models", is_flag=True, help="List the registry's models and exit.")
+@click.option("--download", metavar="NAME|all", help="Fetch a model (or all) into the local cache and exit.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.version_option(__version__, "--version", prog_name="crowdcount", message="%(prog)s (clip-ebc) %(version)s")
+def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_path, batch_size, recursive,
+         native_size, list_models, download, debug) -> None:
+    """Count the people in images with CLIP-EBC and optionally draw density heatmaps.
+
+    INPUTS are image files, folders of images, or glob patterns.
+    """
+    echo = click.echo
+    err = lambda message: click.echo(message, err=True)  # noqa: E731
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
+
+    if list_models or download:
+        try:
+            if list_models:
+                _print_models(echo)
+            if download:
+                sys.exit(_download(download, echo, err))
+        except CLIPEBCError as e:
+            if debug:
+                raise
+            err(f"error: {e}")
+            sys.exit(1)
+        return
+    if not inputs:
+        raise click.UsageError("no INPUTS given; pass image files, folders or globs (or --list-models).")
+
+    expanded = expand_inputs(inputs, recursive)
+    targets = heatmap_targets(heatmap, expanded)
+    try:
+        failed = _run(expanded, targets, model=model, device=device, batch_size=batch_size, native=native_size,
+                      as_json=as_json, csv_path=csv_path, opacity=opacity, side_by_side=side_by_side,
+                      echo=echo, err=err)
+    except CLIPEBCError as e:
+        if debug:
+            raise
+        err(f"error: {e}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err("interrupted")
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the last line of defence against tracebacks
+        if debug:
+            raise
+        err(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)")
+        sys.exit(1)
+    sys.exit(1 if failed else 0)
+
+
+def _run(expanded, targets, *, model, device, batch_size, native, as_json, csv_path, opacity, side_by_side,
+         echo, err) -> int:
+    from .counter import CrowdCounter
+
+    counter = CrowdCounter(model, device=device, batch_size=batch_size, resize="native" if native else "dataset")
+    images = [p for p in expanded if isinstance(p, Path)]
+    problems = [p for p in expanded if isinstance(p, _InputProblem)]
+    csv_file = csv_path.open("w", newline="", encoding="utf-8") if csv_path else None
+    writer = None
+    if csv_file is not None:
+        writer = csv.DictWriter(csv_file, ["path", "count", "model", "width", "height", "seconds", "error"])
+        writer.writeheader()
+    failed = 0
+    for problem in problems:
+        failed += 1
+        err(f"error: {problem.message}")
+        if as_json:
+            echo(json.dumps({"path": problem.name, "error": problem.message}))
+        if writer is not None:
+            writer.writerow({"path": problem.name, "error": problem.message})
+    total, counted = 0.0, 0
+    try:
+        results = counter.count_many((str(p) for p in images), batch_size=batch_size, skip_errors=True)
+        for path, result in _with_progress(zip(images, results), len(images)):
+            row: dict[str, Any] = result.to_dict()
+            if result.ok:
+                target = targets.get(path)
+                if target is not None:
+                    try:
+                        result.save_heatmap(target, opacity=opacity, side_by_side=side_by_side)
+                    except CLIPEBCError as e:
+                        row["error"] = f"heatmap not written: {e}"
+                total += result.count
+                counted += 1
+            if "error" in row:
+                failed += 1
+                err(f"error: {row['error']}")
+            if as_json:
+                echo(json.dumps(row))
+            elif result.ok:
+                echo(f"{path}: {result.count:.1f} people")
+            if writer is not None:
+                writer.writerow(row)
+    finally:
+        if csv_file is not None:
+            csv_file.close()
+    if len(images) > 1 and not as_json:
+        err(f"{counted} of {len(images) + len(problems)} inputs counted, {total:.1f} people in total.")
+    return failed
+
+
+def _with_progress(items: Iterator, length: int):
+    """A progress bar on stderr when there is more than one image."""
+    if length <= 1:
+        yield from items
+        return
+    with click.progressbar(items, length=length, label="Counting", file=sys.stderr) as bar:
+        yield from bar
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+

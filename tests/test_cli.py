@@ -1,0 +1,173 @@
+"""The crowdcount command: end to end, the bad-input matrix, exit codes, and its speed promises."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from clip_ebc import CrowdCounter, __version__
+from clip_ebc.cli import main
+from conftest import make_scene
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A folder with good images (two formats, a sub-folder) and bad files of every kind."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "sub").mkdir()
+    for name, (h, w) in {"a.jpg": (240, 320), "b.png": (300, 200), "sub/c.jpg": (256, 256)}.items():
+        Image.fromarray(make_scene(h, w, 15, seed=len(name))[0]).save(root / name)
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "text.png").write_text("not an image")
+    full = (root / "a.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(full[: len(full) // 3])
+    (root / "notes.txt").write_text("ignored: not an image suffix")
+    return root
+
+
+def test_end_to_end_json_and_heatmap(tiny_dirs, photos, tmp_path):
+    image = photos / "a.jpg"
+    out = tmp_path / "out.png"
+    code, stdout, stderr = invoke(image, "--heatmap", out, "--json", "--model", tiny_dirs["rn50"], "--device", "cpu")
+    assert code == 0, stderr
+    row = json.loads(stdout)
+    result = CrowdCounter(tiny_dirs["rn50"], device="cpu").count(image)
+    assert row["count"] == result.count
+    assert row["count"] == pytest.approx(float(result.density.sum(dtype=np.float64)), rel=1e-9)
+    assert (row["path"], row["model"], row["width"], row["height"]) == (str(image), str(tiny_dirs["rn50"]), 320, 240)
+    assert row["seconds"] > 0
+    heat = Image.open(out)
+    assert heat.size == (320, 240) and heat.format == "PNG"
+    # the overlay really changes the picture
+    assert np.abs(np.asarray(heat.convert("RGB"), dtype=int) - np.asarray(Image.open(image), dtype=int)).mean() > 5
+
+
+def test_console_script_entry_point(tiny_dirs, photos):
+    proc = subprocess.run([sys.executable, "-m", "clip_ebc.cli", str(photos / "b.png"), "-m", str(tiny_dirs["vit"])],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{photos / 'b.png'}: ") and proc.stdout.strip().endswith("people")
+
+
+def test_folder_with_good_and_bad_files(tiny_dirs, photos, tmp_path):
+    heatmaps = tmp_path / "heatmaps"
+    table = tmp_path / "counts.csv"
+    code, stdout, stderr = invoke(photos, "-r", "--json", "-m", tiny_dirs["rn50"], "--heatmap", heatmaps,
+                                  "--csv", table, "--batch-size", "2")
+    assert code == 1  # some inputs failed
+    rows = {json.loads(line)["path"]: json.loads(line) for line in stdout.splitlines()}
+    good = {str(photos / n) for n in ("a.jpg", "b.png", "sub/c.jpg")}
+    bad = {str(photos / n) for n in ("empty.jpg", "text.png", "truncated.jpg")}
+    assert set(rows) == good | bad  # notes.txt is not an image suffix, so it is not picked up
+    for path in good:
+        assert rows[path]["count"] > 0 and "error" not in rows[path]
+    assert "is empty (0 bytes)" in rows[str(photos / "empty.jpg")]["error"]
+    assert "is not an image file" in rows[str(photos / "text.png")]["error"]
+    assert "is truncated or corrupt" in rows[str(photos / "truncated.jpg")]["error"]
+    for path in bad:
+        assert rows[path]["count"] is None
+        assert sum(line.startswith(f"error: {path}") for line in stderr.splitlines()) == 1
+    assert sorted(p.name for p in heatmaps.iterdir()) == ["a_heatmap.png", "b_heatmap.png", "c_heatmap.png"]
+    assert Image.open(heatmaps / "b_heatmap.png").size == (200, 300)
+    with table.open() as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == 6 and {r["path"] for r in csv_rows if not r["error"]} == good
+    assert "Traceback" not in stderr
+
+
+def test_without_recursion_subfolders_are_not_searched(tiny_dirs, photos):
+    code, stdout, _ = invoke(photos / "sub", photos / "a.jpg", "-m", tiny_dirs["rn50"])
+    assert code == 0 and len(stdout.splitlines()) == 2
+    code, _, stderr = invoke(photos / "sub" / "..", "-m", tiny_dirs["rn50"], "--json")
+    assert code == 1
+
+
+def test_globs(tiny_dirs, photos):
+    code, stdout, _ = invoke(str(photos / "*.jpg"), "-m", tiny_dirs["rn50"], "--json")
+    paths = [json.loads(line)["path"] for line in stdout.splitlines()]
+    assert paths == [str(photos / "a.jpg"), str(photos / "empty.jpg"), str(photos / "truncated.jpg")]
+    assert code == 1
+    code, stdout, stderr = invoke(str(photos / "*.webp"), "-m", tiny_dirs["rn50"])
+    assert code == 1 and "no files match this pattern" in stderr
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.jpg", None, "missing.jpg: no such file."),
+        ("empty.jpg", b"", "empty.jpg is empty (0 bytes)."),
+        ("text.jpg", b"hello", "text.jpg is not an image file that can be read"),
+    ],
+)
+def test_single_bad_input(tiny_dirs, tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    code, stdout, stderr = invoke(path, "-m", tiny_dirs["rn50"])
+    assert code == 1 and stdout == ""
+    (line,) = stderr.splitlines()  # one line, no traceback
+    assert line.startswith(f"error: {tmp_path / message}")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "no INPUTS given"),
+        (["a.jpg", "b.jpg", "--heatmap", "x.png"], "is a file name, but 2 inputs were given; pass a directory"),
+        (["a.jpg", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+        (["a.jpg", "--opacity", "2"], "Invalid value for '--opacity'"),
+        (["a.jpg", "--frobnicate"], "No such option '--frobnicate'"),
+    ],
+)
+def test_usage_errors_exit_2(args, message):
+    code, _, stderr = invoke(*args)
+    assert code == 2 and message in stderr
+
+
+def test_model_problems_are_one_line(tmp_path, photos):
+    code, _, stderr = invoke(photos / "a.jpg", "-m", tmp_path / "nowhere")
+    assert code == 1 and stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such checkpoint folder."
+    code, _, stderr = invoke(photos / "a.jpg", "-m", "rn5O.sha")
+    assert code == 1 and "is not a known model name" in stderr and "Did you mean rn50.sha" in stderr
+    code, _, stderr = invoke(photos / "a.jpg", "-m", "rn50.sha")
+    assert code == 1 and "has no automatic download source" in stderr
+    code, _, stderr = invoke(photos / "a.jpg", "--device", "cuda:7")
+    assert code == 1 and stderr.count("\n") == 1 and "Traceback" not in stderr
+
+
+def test_debug_shows_the_traceback(tmp_path, photos):
+    result = CliRunner().invoke(main, [str(photos / "a.jpg"), "-m", str(tmp_path / "nowhere"), "--debug"])
+    assert result.exit_code == 1 and result.exception is not None  # re-raised for the traceback
+
+
+def test_version_and_list_models():
+    code, stdout, _ = invoke("--version")
+    assert code == 0 and stdout.strip() == f"crowdcount (clip-ebc) {__version__}"
+    code, stdout, _ = invoke("--list-models")
+    assert code == 0
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["name", "backbone", "dataset", "reported", "MAE", "/", "RMSE", "cached"]
+    assert lines[1].startswith("vit_b16.nwpu (default)") and "MAE 61.2 / RMSE 278.3" in lines[1]
+    assert any(line.startswith("rn50.sha") and line.rstrip().endswith("manual") for line in lines)
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version", "--list-models"])
+def test_quick_commands_import_nothing_heavy(flag):
+    code = (
+        "import sys\n"
+        "from clip_ebc.cli import main\n"
+        f"try:\n    main([{flag!r}])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'open_clip', 'matplotlib', 'numpy') if m in sys.modules), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stderr.strip().splitlines()[-1] == "[]"
