@@ -21,9 +21,40 @@ def _bin_text(lo: float, hi: float) -> str:
     return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
 
 
-def model_card_text(config: ModelConfig, *, title: str | None = None, extra: dict[str, Any] | None = None) -> str:
-    """Markdown model card for a checkpoint with ``config``: YAML metadata, architecture, bins and
-    anchors, provenance, intended and out-of-scope use, and the citation."""
+DATASET_NAMES = {
+    "sha": "ShanghaiTech Part A",
+    "shb": "ShanghaiTech Part B",
+    "nwpu": "NWPU-Crowd",
+    "qnrf": "UCF-QNRF",
+    "jhu": "JHU-Crowd++",
+}
+
+
+def _metrics_section(metrics: list[dict[str, Any]] | None) -> str:
+    if not metrics:
+        return "No evaluation results are recorded for this checkpoint."
+    rows = "\n".join(
+        f"| {m.get('split', '?')} | {'-' if m.get('mae') is None else m['mae']} | "
+        f"{'-' if m.get('rmse') is None else m['rmse']} | {m.get('source', '')} |"
+        for m in metrics
+    )
+    return ("Reported by the authors of CLIP-EBC (not re-measured here):\n\n"
+            "| split | MAE | RMSE | source |\n| --- | --- | --- | --- |\n" + rows)
+
+
+def model_card_text(
+    config: ModelConfig,
+    *,
+    title: str | None = None,
+    extra: dict[str, Any] | None = None,
+    description: str | None = None,
+    metrics: list[dict[str, Any]] | None = None,
+    license_text: str | None = None,
+    usage_id: str = "path/to/this/folder",
+) -> str:
+    """Markdown model card for a checkpoint with ``config``: YAML metadata, description, training data,
+    architecture, bins and anchors, reported metrics, provenance, licence, intended and out-of-scope
+    use, and the citation."""
     prov = dict(config.provenance)
     prov.update(extra or {})
     dataset = prov.get("dataset")
@@ -53,10 +84,14 @@ def model_card_text(config: ModelConfig, *, title: str | None = None, extra: dic
 
 # {title or f"CLIP-EBC {config.backbone}" + (f" ({dataset})" if dataset else "")}
 
-A [CLIP-EBC](https://arxiv.org/abs/2403.09281) crowd-counting model in the clip-ebc checkpoint
+{description + chr(10) + chr(10) if description else ""}A [CLIP-EBC](https://arxiv.org/abs/2403.09281) crowd-counting model in the clip-ebc checkpoint
 format (`config.json` + `model.safetensors`); the method's official implementation is
 [Yiming-M/CLIP-EBC](https://github.com/Yiming-M/CLIP-EBC). It predicts a density map with one cell per {config.reduction}x{config.reduction}
 pixel block; the cell values are expected people per block and their sum is the count.
+
+## Training data
+
+{DATASET_NAMES.get(str(dataset), dataset) if dataset else "Not recorded."}
 
 ## Model
 
@@ -71,17 +106,29 @@ pixel block; the cell values are expected people per block and their sum is the 
 
 ## Usage
 
-```python
-from clip_ebc import CLIPEBC
-
-model = CLIPEBC.from_pretrained("path/or/repo-id")
-density = model(images).density  # images: (B, 3, H, W), normalised as above
-count = density.sum(dim=(1, 2, 3))
+```bash
+pip install clip-ebc
+crowdcount crowd.jpg --model {usage_id} --heatmap crowd_heatmap.png
 ```
+
+```python
+from clip_ebc import CrowdCounter
+
+result = CrowdCounter("{usage_id}").count("crowd.jpg")
+result.count, result.density  # people; (h, w) people per block
+```
+
+## Evaluation
+
+{_metrics_section(metrics)}
 
 ## Provenance
 
 {provenance}
+
+## Licence
+
+{license_text or "MIT, as the official implementation."}
 
 ## Intended use
 
