@@ -311,9 +311,11 @@ def convert_file(
     deep_vpt: bool | None = None,
     clip_config: Mapping[str, Any] | None = None,
     decoder_channels: Sequence[DecoderEntry] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> CLIPEBC:
     """Convert the official checkpoint file ``src``; explicit arguments win over what the run-directory
-    name (``run_name``, or ``src``'s parent folder) and dataset folder (``src``'s grandparent) say."""
+    name (``run_name``, or ``src``'s parent folder) and dataset folder (``src``'s grandparent) say.
+    ``provenance`` entries are added to the config's provenance record."""
     src = Path(src)
     state = load_official_state_dict(src)  # first, so that a file that is no checkpoint says so
     parsed: dict[str, Any] = {}
@@ -377,6 +379,7 @@ def convert_file(
         "granularity": granularity,
         "truncation": int(truncation),
         "anchor_points": anchor_source,
+        **dict(provenance or {}),
     }
     if input_size is None and parsed.get("input_size") is not None:
         input_size = parsed["input_size"]

@@ -42,3 +42,23 @@ def test_import_is_light():
     code = "import sys, clip_ebc; print(sorted(m for m in ('torch', 'open_clip', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_readme_model_table_matches_the_manifest():
+    from clip_ebc.hub import load_manifest
+
+    readme = (ROOT / "README.md").read_text()
+    manifest = load_manifest(ROOT / "weights_manifest.json")
+    table = readme[readme.index("## Models"):readme.index("### How weights are fetched")]
+    rows = {line.split("|")[1].strip().split()[0].strip("`"): line for line in table.splitlines()
+            if line.startswith("| `")}
+    assert list(rows) == list(manifest.models)
+    for name, info in manifest.models.items():
+        row = rows[name]
+        assert ("(default)" in row) == (name == manifest.default)
+        assert ("manual" in row) != info.downloadable
+        if info.metrics:
+            m = info.metrics[0]
+            assert f"{m['mae']:.1f} / " in row and (m["rmse"] is None or f"/ {m['rmse']:.1f}" in row)
+        else:
+            assert "| - |" in row
