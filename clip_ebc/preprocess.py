@@ -74,16 +74,25 @@ def to_input_tensor(
     std: Sequence[float],
     *,
     size: tuple[int, int] | None = None,
+    pad_to: tuple[int, int] | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> normalised float32 (1, 3, h, w), resized to ``size`` = (w, h) if given.
+    """RGB uint8 (H, W, 3) -> normalised float32 (1, 3, h, w).
 
-    The resize is bicubic without antialiasing on 0-255 values, rounded back to integers, the same
-    kernel as the official preprocessing's OpenCV ``INTER_CUBIC``.
+    size: (w, h) to resize to; the resize is bicubic without antialiasing on 0-255 values, rounded back
+    to integers, the same kernel as the official preprocessing's OpenCV ``INTER_CUBIC``.
+    pad_to: (height, width) of the result; the image sits top-left and the rest is 0 (the mean colour).
+    The normalisation runs in place, so a large image costs about one float copy of itself.
     """
     x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).unsqueeze(0).float()
     if size is not None and (size[1], size[0]) != tuple(x.shape[-2:]):
         x = F.interpolate(x, size=(size[1], size[0]), mode="bicubic", align_corners=False).round_().clamp_(0, 255)
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return (x / 255.0 - m) / s
+    x = x.div_(255.0).sub_(m).div_(s)
+    h, w = x.shape[-2:]
+    if pad_to is not None and tuple(pad_to) != (h, w):
+        padded = x.new_zeros(1, 3, *pad_to)
+        padded[..., :h, :w] = x
+        x = padded
+    return x

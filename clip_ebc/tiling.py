@@ -102,12 +102,15 @@ def run_plans(
     cells: list[tuple[int, int]],
     *,
     batch_size: int,
+    max_batch_pixels: int | None = None,
 ) -> list[Tensor]:
     """Run ``model`` over every crop of every input and stitch one density map per input.
 
     inputs: (1, 3, H_i, W_i) tensors. plans, cells: each input's crops and density-map size (h_i, w_i).
-    Crops of equal size are batched together across inputs, at most ``batch_size`` at a time, so memory
-    is bounded by the largest crop. Returns (1, 1, h_i, w_i) float32 maps on the inputs' device.
+    Crops of equal size are batched together across inputs, at most ``batch_size`` at a time and, when
+    ``max_batch_pixels`` is given, at most that many pixels per batch (never fewer than one crop), so
+    memory is bounded by the budget, not by the image. Returns (1, 1, h_i, w_i) float32 maps on the
+    inputs' device.
     """
     stitchers = []
     groups: dict[tuple[int, int], list[tuple[int, Crop]]] = {}
@@ -115,9 +118,12 @@ def run_plans(
         stitchers.append(Stitcher(plan, size, x.device))
         for crop in plan:
             groups.setdefault((crop.height, crop.width), []).append((i, crop))
-    for items in groups.values():
-        for first in range(0, len(items), batch_size):
-            chunk = items[first : first + batch_size]
+    for (height, width), items in groups.items():
+        per_batch = batch_size
+        if max_batch_pixels is not None:
+            per_batch = max(1, min(batch_size, max_batch_pixels // (height * width)))
+        for first in range(0, len(items), per_batch):
+            chunk = items[first : first + per_batch]
             batch = torch.cat([inputs[i][:, :, c.top : c.top + c.height, c.left : c.left + c.width] for i, c in chunk])
             density = model(batch).density
             for (i, crop), d in zip(chunk, density):
