@@ -64,15 +64,19 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> list[Path | _Inpu
     return out
 
 
-def heatmap_targets(heatmap: Path | None, inputs: list[Path | _InputProblem]) -> dict[Path, Path]:
-    """Where each image's heatmap goes: ``heatmap`` itself for one input, else ``heatmap/<stem>_heatmap.png``."""
+def heatmap_targets(heatmap: Path | None, images: list[Path]) -> dict[Path, Path]:
+    """Where each image's heatmap goes: ``heatmap`` itself for one image, else ``heatmap/<stem>_heatmap.png``."""
+    from .images import IMAGE_SUFFIXES
+
     if heatmap is None:
         return {}
-    images = [p for p in inputs if isinstance(p, Path)]
-    if heatmap.suffix.lower() in HEATMAP_SUFFIXES:
-        if len(inputs) > 1:
-            raise click.UsageError(f"--heatmap {heatmap} is a file name, but {len(inputs)} inputs were given; pass a directory.")
+    suffix = heatmap.suffix.lower()
+    if suffix in HEATMAP_SUFFIXES:
+        if len(images) > 1:
+            raise click.UsageError(f"--heatmap {heatmap} is a file name, but {len(images)} images were given; pass a directory.")
         return {images[0]: heatmap} if images else {}
+    if suffix in IMAGE_SUFFIXES and not heatmap.is_dir():
+        raise click.UsageError(f"--heatmap {heatmap}: heatmaps are written as .png or .jpg files.")
     targets, used = {}, set()
     for p in images:
         name, n = f"{p.stem}_heatmap.png", 2
@@ -81,6 +85,11 @@ def heatmap_targets(heatmap: Path | None, inputs: list[Path | _InputProblem]) ->
         used.add(name)
         targets[p] = heatmap / name
     return targets
+
+
+def _shown(text: object) -> str:
+    """A path or message as printable text (undecodable file-name bytes become escapes)."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _print_models(echo) -> None:
@@ -167,15 +176,20 @@ def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_pat
         raise click.UsageError("no INPUTS given; pass image files, folders or globs (or --list-models).")
 
     expanded = expand_inputs(inputs, recursive)
-    targets = heatmap_targets(heatmap, expanded)
+    images = [p for p in expanded if isinstance(p, Path)]
+    targets = heatmap_targets(heatmap, images)
     try:
-        failed = _run(expanded, targets, model=model, device=device, batch_size=batch_size, native=native_size,
-                      as_json=as_json, csv_path=csv_path, opacity=opacity, side_by_side=side_by_side,
+        csv_file = csv_path.open("w", newline="", encoding="utf-8", errors="backslashreplace") if csv_path else None
+    except OSError as e:
+        raise click.UsageError(f"cannot write the CSV file {csv_path}: {e.strerror or e}.") from e
+    try:
+        failed = _run(expanded, targets, csv_file, model=model, device=device, batch_size=batch_size,
+                      native=native_size, as_json=as_json, opacity=opacity, side_by_side=side_by_side,
                       echo=echo, err=err)
     except CLIPEBCError as e:
         if debug:
             raise
-        err(f"error: {e}")
+        err(f"error: {_shown(e)}")
         sys.exit(1)
     except KeyboardInterrupt:
         err("interrupted")
@@ -188,28 +202,30 @@ def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_pat
     sys.exit(1 if failed else 0)
 
 
-def _run(expanded, targets, *, model, device, batch_size, native, as_json, csv_path, opacity, side_by_side,
+def _run(expanded, targets, csv_file, *, model, device, batch_size, native, as_json, opacity, side_by_side,
          echo, err) -> int:
-    from .counter import CrowdCounter
-
-    counter = CrowdCounter(model, device=device, batch_size=batch_size, resize="native" if native else "dataset")
     images = [p for p in expanded if isinstance(p, Path)]
     problems = [p for p in expanded if isinstance(p, _InputProblem)]
-    csv_file = csv_path.open("w", newline="", encoding="utf-8") if csv_path else None
     writer = None
     if csv_file is not None:
         writer = csv.DictWriter(csv_file, ["path", "count", "model", "width", "height", "seconds", "error"])
         writer.writeheader()
     failed = 0
-    for problem in problems:
-        failed += 1
-        err(f"error: {problem.message}")
-        if as_json:
-            echo(json.dumps({"path": problem.name, "error": problem.message}))
-        if writer is not None:
-            writer.writerow({"path": problem.name, "error": problem.message})
-    total, counted = 0.0, 0
     try:
+        for problem in problems:
+            failed += 1
+            err(f"error: {_shown(problem.message)}")
+            if as_json:
+                echo(json.dumps({"path": problem.name, "error": problem.message}))
+            if writer is not None:
+                writer.writerow({"path": problem.name, "error": problem.message})
+        if not images:  # nothing to count: no model needs loading (or downloading)
+            return failed
+
+        from .counter import CrowdCounter
+
+        counter = CrowdCounter(model, device=device, batch_size=batch_size, resize="native" if native else "dataset")
+        total, counted = 0.0, 0
         results = counter.count_many((str(p) for p in images), batch_size=batch_size, skip_errors=True)
         for path, result in _with_progress(zip(images, results), len(images)):
             row: dict[str, Any] = result.to_dict()
@@ -218,17 +234,17 @@ def _run(expanded, targets, *, model, device, batch_size, native, as_json, csv_p
                 if target is not None:
                     try:
                         result.save_heatmap(target, opacity=opacity, side_by_side=side_by_side)
-                    except CLIPEBCError as e:
-                        row["error"] = f"heatmap not written: {e}"
+                    except (CLIPEBCError, OSError) as e:
+                        row["error"] = f"{path}: heatmap not written to {target}: {getattr(e, 'strerror', None) or e}"
                 total += result.count
                 counted += 1
             if "error" in row:
                 failed += 1
-                err(f"error: {row['error']}")
+                err(f"error: {_shown(row['error'])}")
             if as_json:
                 echo(json.dumps(row))
             elif result.ok:
-                echo(f"{path}: {result.count:.1f} people")
+                echo(f"{_shown(path)}: {result.count:.1f} people")
             if writer is not None:
                 writer.writerow(row)
     finally:

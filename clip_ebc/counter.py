@@ -86,13 +86,22 @@ class CountResult:
     def ok(self) -> bool:
         return self.error is None
 
+    def grid_extent(self) -> tuple[float, float]:
+        """(height, width) in input-image pixels that the density grid spans: the image itself, or a
+        little more when the last cells reach past its edge (native size not a multiple of the block)."""
+        (height, width), (ph, pw) = self.image_size, self.processed_size
+        ch, cw = self.density.shape
+        return (ch * self.block_size * height / ph, cw * self.block_size * width / pw) if ph and pw else (height, width)
+
     def density_at_image_size(self) -> np.ndarray:
         """The density resampled to the input image: (H, W) float32, people per pixel, same sum."""
         height, width = self.image_size
         if not self.ok or self.density.size == 0:
             return np.zeros((height, width), dtype=np.float32)
+        gh, gw = self.grid_extent()
         d = torch.from_numpy(self.density).float()[None, None]
-        up = F.interpolate(d, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        up = F.interpolate(d, size=(max(height, round(gh)), max(width, round(gw))), mode="bilinear",
+                           align_corners=False)[0, 0, :height, :width]
         total = float(up.sum())
         scale = self.count / total if total > 0 else 0.0
         return (up * scale).numpy().astype(np.float32)
@@ -137,7 +146,7 @@ class CountResult:
                 f"{self.image_size[0]}x{self.image_size[1]} image; pass the same image."
             )
         return save_heatmap(path, rgb, self.density, count=self.count, block_size=self.block_size,
-                            opacity=opacity, cmap=cmap, side_by_side=side_by_side)
+                            extent=self.grid_extent(), opacity=opacity, cmap=cmap, side_by_side=side_by_side)
 
 
 @dataclass
@@ -206,7 +215,13 @@ class CrowdCounter:
         elif resize == "native":
             self.resize = None
         elif isinstance(resize, (tuple, list)) and len(resize) == 2:
-            self.resize = ResizeRule(int(resize[0]), None if resize[1] is None else int(resize[1]))
+            lo, hi = int(resize[0]), None if resize[1] is None else int(resize[1])
+            if lo < RESNET_ALIGN or lo % RESNET_ALIGN or (hi is not None and (hi < lo or hi % RESNET_ALIGN)):
+                raise ConfigError(
+                    f"resize=(min_side, max_side) needs multiples of {RESNET_ALIGN} with {RESNET_ALIGN} <= min_side "
+                    f"<= max_side (max_side may be None), got {tuple(resize)}."
+                )
+            self.resize = ResizeRule(lo, hi)
         else:
             raise ConfigError(f"resize must be 'dataset', 'native' or (min_side, max_side), got {resize!r}.")
         if batch_size < 1:
@@ -215,10 +230,20 @@ class CrowdCounter:
             raise ConfigError(f"tile_size and tile_margin must be multiples of {RESNET_ALIGN}, got {tile_size} and {tile_margin}.")
         self.batch_size = batch_size
         self.tile_size, self.tile_margin = tile_size, tile_margin
-        self.window = int(window or self.config.input_size)  # type: ignore[arg-type]
-        self.stride = int(stride or self.window)
-        if self.config.is_vit and (self.window % self.block_size or not 0 < self.stride <= self.window):
-            raise ConfigError(f"window {self.window} must be a multiple of {self.block_size} and stride {self.stride} in (0, window].")
+        # One forward pass sees at most one full tile's worth of pixels (ViT windows: batch_size of them).
+        self._batch_pixels = max((tile_size + 2 * tile_margin) ** 2, batch_size * (window or self.config.input_size or 0) ** 2)
+        self.window = int(self.config.input_size if window is None else window)  # type: ignore[arg-type]
+        self.stride = int(self.window if stride is None else stride)
+        if self.config.is_vit:
+            # a window must map onto whole density cells: a multiple of both the patch and the block size
+            unit = math.lcm(int(self.config.architecture.vision_patch_size), self.block_size)  # type: ignore[arg-type]
+            if self.window < unit or self.window % unit:
+                raise ConfigError(f"window must be a positive multiple of {unit} (patch and block size), got {self.window}.")
+            if not 0 < self.stride <= self.window or self.stride % self.block_size:
+                raise ConfigError(
+                    f"stride must be a multiple of the block size {self.block_size} between {self.block_size} and the "
+                    f"window ({self.window}), got {self.stride}."
+                )
         self.max_pixels = max_pixels
 
     def __repr__(self) -> str:
@@ -243,7 +268,9 @@ class CrowdCounter:
         read raises :class:`~clip_ebc.errors.ImageError`, or, with ``skip_errors=True``, yields a result
         whose ``error`` says why and the run goes on.
         """
-        batch_size = batch_size or self.batch_size
+        batch_size = self.batch_size if batch_size is None else batch_size
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
         chunk: list[Any] = []
         for image in images:
             chunk.append(image)
@@ -269,7 +296,7 @@ class CrowdCounter:
         ready = [j for j in jobs if isinstance(j, _Job)]
         with torch.inference_mode():
             maps = run_plans(self.model, [j.x for j in ready], [j.plan for j in ready], [j.cells for j in ready],
-                             batch_size=batch_size) if ready else []
+                             batch_size=batch_size, max_batch_pixels=self._batch_pixels) if ready else []
         per_image = (time.perf_counter() - start) / max(len(sources), 1)
         by_index = {j.index: m for j, m in zip(ready, maps)}
         for job in jobs:
@@ -294,19 +321,24 @@ class CrowdCounter:
         rgb = load_image(source, max_pixels=self.max_pixels)
         height, width = rgb.shape[:2]
         size = self.resize.size(width, height) if self.resize is not None else (width, height)
-        x = to_input_tensor(rgb, self.config.mean, self.config.std, size=size, device=self.device)
-        h, w = x.shape[-2:]
+        if self.max_pixels is not None and size[0] * size[1] > self.max_pixels:
+            raise ImageError(
+                f"{describe(source)}: its {width}x{height} pixels would be resized to {size[0]}x{size[1]} = "
+                f"{size[0] * size[1]:,} pixels, more than the limit of {self.max_pixels:,} (the aspect ratio is too "
+                "extreme for the training-set resize rule); crop it, or count it with resize='native'."
+            )
+        w, h = size
         r = self.block_size
         valid = (math.ceil(h / r), math.ceil(w / r))
         if self.config.is_vit:
             ph, pw = max(self.window, valid[0] * r), max(self.window, valid[1] * r)
-            x = F.pad(x, (0, pw - w, 0, ph - h))
-            plan = window_plan(ph, pw, (self.window, self.window), (self.stride, self.stride), r)
-            cells = (ph // r, pw // r)
         else:
             ph, pw = _round_up(h, RESNET_ALIGN), _round_up(w, RESNET_ALIGN)
-            x = F.pad(x, (0, pw - w, 0, ph - h))
-            cells = (ph // r, pw // r)
+        x = to_input_tensor(rgb, self.config.mean, self.config.std, size=size, pad_to=(ph, pw), device=self.device)
+        cells = (ph // r, pw // r)
+        if self.config.is_vit:
+            plan = window_plan(ph, pw, (self.window, self.window), (self.stride, self.stride), r)
+        else:
             limit = (self.tile_size + 2 * self.tile_margin) ** 2
             plan = whole_plan(ph, pw, cells) if ph * pw <= limit else tile_plan(ph, pw, self.tile_size, self.tile_margin, r)
         keep = None if isinstance(source, (str, os.PathLike)) else rgb  # in-memory images are kept for heatmaps

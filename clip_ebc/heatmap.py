@@ -23,14 +23,15 @@ def render_heatmap(
     *,
     count: float | None = None,
     block_size: int = 8,
+    extent: tuple[float, float] | None = None,
     opacity: float = 0.5,
     cmap: str = "magma",
     side_by_side: bool = False,
 ) -> np.ndarray:
     """Draw ``density`` over ``image`` and return the picture as RGB uint8.
 
-    image: (H, W, 3) uint8. density: (h, w) people per ``block_size`` block, stretched over the whole
-    image (bilinear). The colour map is applied with an opacity that grows with the density (up to
+    image: (H, W, 3) uint8. density: (h, w) people per ``block_size`` block, stretched (bilinear) over
+    ``extent`` = (height, width) image pixels from the top-left corner (default: the whole image). The colour map is applied with an opacity that grows with the density (up to
     ``opacity``), so empty areas stay visible; a colour bar in people per block and the count are drawn
     inside the picture. Returns (H, W, 3), or (H, 2W, 3) with the plain image on the left when
     ``side_by_side``.
@@ -65,7 +66,8 @@ def render_heatmap(
         ax.set_axis_off()
         ax.imshow(image, extent=(0, width, height, 0), interpolation="antialiased")
         if panel == panels - 1:
-            ax.imshow(rgba, extent=(0, width, height, 0), interpolation="bilinear")
+            gh, gw = extent or (height, width)
+            ax.imshow(rgba, extent=(0, gw, gh, 0), interpolation="bilinear")
             cax = ax.inset_axes((0.955, 0.12, 0.02, 0.72))
             bar = fig.colorbar(ScalarMappable(norm=norm, cmap=colormap), cax=cax)
             # ticks and label left of the bar, so they stay inside the picture

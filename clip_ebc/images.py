@@ -8,7 +8,6 @@ raise :class:`~clip_ebc.errors.ImageError` naming the input.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -50,8 +49,12 @@ def load_image(source: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXEL
     if isinstance(source, (str, os.PathLike)):
         return _load_path(Path(source), max_pixels)
     if isinstance(source, Image.Image):
-        _check_pixels(source.size, describe(source), max_pixels)
-        return to_rgb_array(ImageOps.exif_transpose(source))
+        name = describe(source)
+        _check_pixels(source.size, name, max_pixels)
+        try:  # a lazily opened image decodes here
+            return to_rgb_array(ImageOps.exif_transpose(source))
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageError(f"{name} cannot be decoded: {e}.") from e
     if isinstance(source, np.ndarray):
         return _from_array(source, describe(source), max_pixels)
     if type(source).__module__.startswith("torch"):
@@ -74,15 +77,13 @@ def _load_path(path: Path, max_pixels: int | None) -> np.ndarray:
     if size == 0:
         raise ImageError(f"{path} is empty (0 bytes).")
     try:
-        with warnings.catch_warnings():
-            # our own max_pixels check below is the limit; PIL's hard error above twice its
-            # MAX_IMAGE_PIXELS still applies
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                _check_pixels(img.size, str(path), max_pixels)
-                img = ImageOps.exif_transpose(img)
-                img.load()
-                return to_rgb_array(img)
+        # Our max_pixels check is the limit; PIL's own hard error (twice its MAX_IMAGE_PIXELS) still
+        # applies, and between the two PIL may emit a DecompressionBombWarning.
+        with Image.open(path) as img:
+            _check_pixels(img.size, str(path), max_pixels)
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            return to_rgb_array(img)
     except ImageError:
         raise
     except UnidentifiedImageError as e:
@@ -150,6 +151,8 @@ def _from_tensor(tensor: Any, max_pixels: int | None) -> np.ndarray:
         return t.permute(1, 2, 0).contiguous().numpy()
     if not t.is_floating_point():
         raise ImageError(f"{name}: expected uint8 (0-255) or float (0-1) values, got {t.dtype}.")
+    if not bool(torch.isfinite(t).all()):
+        raise ImageError(f"{name}: the tensor holds NaN or infinite values.")
     if t.numel() and (t.min() < 0 or t.max() > 1):
         raise ImageError(f"{name}: float tensors must hold RGB values in [0, 1]; this one is not normalised that way.")
     return (t.float() * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()

@@ -123,7 +123,7 @@ def test_single_bad_input(tiny_dirs, tmp_path, name, content, message):
     "args, message",
     [
         ([], "no INPUTS given"),
-        (["a.jpg", "b.jpg", "--heatmap", "x.png"], "is a file name, but 2 inputs were given; pass a directory"),
+        (["a.jpg", "b.jpg", "--heatmap", "x.png"], "is a file name, but 2 images were given; pass a directory"),
         (["a.jpg", "--batch-size", "0"], "Invalid value for '--batch-size'"),
         (["a.jpg", "--opacity", "2"], "Invalid value for '--opacity'"),
         (["a.jpg", "--frobnicate"], "No such option '--frobnicate'"),
@@ -171,3 +171,44 @@ def test_quick_commands_import_nothing_heavy(flag):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_more_bad_inputs_through_the_command(tiny_dirs, tmp_path):
+    import os
+
+    from test_images import png_with_header
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bomb.png").write_bytes(png_with_header(40_000, 40_000))
+    Image.fromarray(make_scene(120, 160, 5)[0]).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray((np.arange(120 * 160).reshape(120, 160) * 3).astype(np.uint16)).save(folder / "deep.png")
+    Image.fromarray(make_scene(1, 4000, 0)[0]).save(folder / "thin.png")
+    odd = folder / os.fsdecode(b"caf\xe9.png")  # a file name that is not valid UTF-8
+    Image.fromarray(make_scene(100, 100, 5)[0]).save(odd)
+    table = tmp_path / "out.csv"
+    code, stdout, stderr = invoke(folder, "-m", tiny_dirs["rn50"], "--csv", table)
+    assert code == 1
+    assert "bomb.png is too large to decode safely" in stderr and "thin.png: its 4000x1 pixels would be resized" in stderr
+    counted = sorted(line.split(":")[0].rsplit("/", 1)[-1] for line in stdout.splitlines())
+    assert counted == ["caf\\udce9.png", "cmyk.jpg", "deep.png"]
+    assert "caf\\udce9.png" in table.read_text(encoding="utf-8") and "Traceback" not in stderr
+
+
+def test_empty_folder_does_not_load_a_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, stderr = invoke(tmp_path / "empty", "-m", "no-such-model")
+    assert code == 1 and "no images in this folder" in stderr and "no-such-model" not in stderr
+
+
+def test_unwritable_outputs(tiny_dirs, photos, tmp_path):
+    code, _, stderr = invoke(photos / "a.jpg", "--csv", tmp_path / "missing" / "o.csv")
+    assert code == 2 and "cannot write the CSV file" in stderr
+    code, _, stderr = invoke(photos / "a.jpg", "--heatmap", tmp_path / "h.webp")
+    assert code == 2 and "heatmaps are written as .png or .jpg files" in stderr
+    code, _, stderr = invoke(photos / "sub", photos / "a.jpg", "--heatmap", tmp_path / "h.png")
+    assert code == 2 and "2 images were given" in stderr
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    code, stdout, stderr = invoke(photos / "a.jpg", photos / "b.png", "-m", tiny_dirs["rn50"], "--heatmap", blocker / "sub")
+    assert code == 1 and "heatmap not written" in stderr and len(stdout.splitlines()) == 2  # both still counted

@@ -165,3 +165,68 @@ def test_matplotlib_is_imported_only_for_heatmaps(tiny_dirs, scene, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
     assert out.split() == ["False", "True"]
+
+
+def test_extreme_aspect_ratio_is_refused_before_allocating(rn50):
+    thin = np.full((1, 5000, 3), 128, np.uint8)  # the resize rule would make it 448 x 2,240,000
+    with pytest.raises(ImageError, match=r"would be resized to 2240000x448 .* more than the limit"):
+        rn50.count(thin)
+    good, _ = make_scene(240, 320, 5)
+    results = list(rn50.count_many([thin, good], skip_errors=True))
+    assert [r.ok for r in results] == [False, True]
+    assert CrowdCounter(rn50.model, device="cpu", resize="native").count(thin).density.shape == (1, 625)
+
+
+def test_lazily_opened_truncated_pil_image(rn50, tmp_path):
+    image, _ = make_scene(200, 200, 5)
+    Image.fromarray(image).save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    results = list(rn50.count_many([Image.open(tmp_path / "cut.jpg"), tmp_path / "full.jpg"], skip_errors=True))
+    assert not results[0].ok and "cannot be decoded" in results[0].error and results[1].ok
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(resize=(0, None)), "multiples of 32 with 32 <= min_side <= max_side"),
+        (dict(resize=(512, 256)), "multiples of 32 with 32 <= min_side <= max_side"),
+        (dict(resize=(450, None)), "multiples of 32"),
+    ],
+)
+def test_bad_resize_settings(converted_rn50, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        CrowdCounter(converted_rn50, device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(window=232), "window must be a positive multiple of 16"),
+        (dict(window=0), "window must be a positive multiple of 16"),
+        (dict(stride=100), "stride must be a multiple of the block size 8"),
+        (dict(stride=240), "stride must be a multiple of the block size 8 between 8 and the window"),
+    ],
+)
+def test_bad_window_settings(converted_vit, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        CrowdCounter(converted_vit, device="cpu", **kwargs)
+
+
+def test_count_many_rejects_a_bad_batch_size(rn50):
+    with pytest.raises(ConfigError, match="batch_size must be at least 1, got -1"):
+        list(rn50.count_many([np.zeros((64, 64, 3), np.uint8)], batch_size=-1))
+
+
+def test_native_partial_cells_map_back_onto_the_image(rn50):
+    image, _ = make_scene(150, 201, 10)
+    result = CrowdCounter(rn50.model, device="cpu", resize="native").count(image)
+    assert result.grid_extent() == (152.0, 208.0)  # 19 and 26 cells of 8 pixels reach past the edge
+    full = result.density_at_image_size()
+    assert full.shape == (150, 201) and float(full.sum()) == pytest.approx(result.count, rel=1e-5)
+
+
+def test_checkpoint_folder_named_like_json(converted_rn50, tmp_path, monkeypatch):
+    converted_rn50.save_pretrained(tmp_path / "{proj}")
+    monkeypatch.chdir(tmp_path)
+    assert CrowdCounter("{proj}", device="cpu").config.backbone == "RN50"

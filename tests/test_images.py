@@ -125,3 +125,10 @@ def test_pixel_limit_is_adjustable(tmp_path):
 def test_bad_in_memory_inputs(source, message):
     with pytest.raises(ImageError, match=message):
         load_image(source)
+
+
+def test_non_finite_tensor():
+    t = torch.zeros(3, 4, 4)
+    t[0, 0, 0] = float("nan")
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        load_image(t)
