@@ -320,11 +320,6 @@ class ModelConfig:
     def num_bins(self) -> int:
         return len(self.bins)
 
-    @property
-    def truncation(self) -> int:
-        """Largest block count with a bin of its own: the lower bound of the open last bin."""
-        return int(self.bins[-1][0])
-
     # ------------------------------------------------------------------------------ serialising
 
     def to_dict(self) -> dict[str, Any]:
@@ -381,14 +376,17 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, source: str | Path) -> ModelConfig:
-        """Read a config from a JSON file path or a JSON string."""
+        """Read a config from a JSON file (a ``Path``, or a ``str`` path) or a JSON string (a ``str``
+        starting with ``{``)."""
         text = str(source)
-        if not text.lstrip().startswith("{"):
+        if isinstance(source, Path) or not text.lstrip().startswith("{"):
             path = Path(source)
             try:
                 text = path.read_text(encoding="utf-8")
             except OSError as e:
                 raise ConfigError(f"cannot read the model config {path}: {e.strerror or e}.") from e
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"the model config {path} is not UTF-8 text; it is not a clip-ebc config.json.") from e
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

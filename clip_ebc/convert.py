@@ -335,11 +335,14 @@ def convert_file(
     if dataset is None and src.resolve().parent.parent.name in DATASETS and parsed:
         dataset = src.resolve().parent.parent.name
 
-    backbone = backbone or parsed.get("backbone")
-    reduction = reduction or parsed.get("reduction")
-    truncation = truncation or parsed.get("truncation")
-    granularity = granularity or parsed.get("granularity") or "fine"
-    prompt_type = prompt_type or parsed.get("prompt_type") or "word"
+    def pick(given, key, default=None):
+        return given if given is not None else parsed.get(key, default)
+
+    backbone = pick(backbone, "backbone")
+    reduction = pick(reduction, "reduction")
+    truncation = pick(truncation, "truncation")
+    granularity = pick(granularity, "granularity", "fine")
+    prompt_type = pick(prompt_type, "prompt_type", "word")
     missing = [flag for flag, v in (("--backbone", backbone), ("--reduction", reduction),
                                     ("--truncation", truncation)) if v is None]
     if missing:
@@ -470,6 +473,8 @@ def _build_cli():  # a function so that importing this module does not need clic
              decoder_channels, force) -> None:
         """Convert an official CLIP-EBC checkpoint SRC (.pth or .safetensors) into a clip-ebc checkpoint."""
         try:
+            if out.exists() and not out.is_dir():
+                raise ConversionError(f"{out} is a file; -o names the folder to write the checkpoint into.")
             if out.exists() and any(out.iterdir()) and not force:
                 raise ConversionError(f"{out} already exists and is not empty; choose another -o or pass --force.")
             clip = None
@@ -478,6 +483,8 @@ def _build_cli():  # a function so that importing this module does not need clic
                     clip = json.loads(clip_config.read_text(encoding="utf-8"))
                 except (OSError, json.JSONDecodeError) as e:
                     raise ConversionError(f"cannot read the CLIP config {clip_config}: {e}.") from e
+                if not isinstance(clip, dict):
+                    raise ConversionError(f"the CLIP config {clip_config} must be a JSON object of architecture fields.")
                 clip = clip.get("clip_config", clip)  # accept a fixture-style file holding the fields
             model = convert_file(
                 src,

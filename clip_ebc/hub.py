@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -106,6 +107,8 @@ class ModelInfo:
     license: str
     provenance: str
     sources: tuple[Source, ...]
+    notes: str | None = None
+    """What in the entry is assumed rather than recorded."""
     manual_download: str | None = None
     convert: Mapping[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the conversion of a release (e.g. a custom ``clip_config``)."""
@@ -296,7 +299,9 @@ def resolve_model(
                 "weights with `python -m clip_ebc.convert` or save a model with save_pretrained()."
             )
         return ResolvedModel(str(path), path / CONFIG_NAME, path / WEIGHTS_NAME)
-    if os.sep in text or text.startswith("."):
+    if path.is_file():
+        raise ModelNotFoundError(f"{path} is a file; pass the folder that holds config.json and model.safetensors.")
+    if os.sep in text or text.startswith(".") or (os.altsep and os.altsep in text):
         raise ModelNotFoundError(f"{path}: no such checkpoint folder.")
     info = load_manifest().get(text)
     return _resolve_registered(info, cache_dir=cache_dir, offline=offline_mode(offline), progress=progress)
@@ -388,6 +393,10 @@ def fetch_hub_checkpoint(
                      force_download=force_download, token=token)
 
 
+class _NotCached(Exception):
+    """A Hub file asked for offline is not in the cache."""
+
+
 def _fetch_hf(
     repo_id: str,
     revision: str | None,
@@ -411,7 +420,7 @@ def _fetch_hf(
             ))
         except LocalEntryNotFoundError as e:
             if offline:
-                raise DownloadError(f"{filename} of {repo_id}@{revision or 'main'} is not in the Hugging Face cache.") from e
+                raise _NotCached(filename) from e
             raise DownloadError(f"cannot reach the Hugging Face Hub for {repo_id} ({e}).") from e
         except RepositoryNotFoundError as e:
             raise DownloadError(f"the Hub repository {repo_id} does not exist or is private.") from e
@@ -424,6 +433,18 @@ def _fetch_hf(
         except Exception as e:  # noqa: BLE001 - httpx/hub errors vary across versions
             raise DownloadError(f"downloading {filename} from {repo_id} failed: {type(e).__name__}: {e}.") from e
 
+    if offline:
+        missing = []
+        for filename in CHECKPOINT_FILES:
+            try:
+                download(filename)
+            except _NotCached:
+                missing.append(filename)
+        if missing:
+            raise DownloadError(
+                f"{' and '.join(missing)} of {repo_id}@{revision or 'main'} "
+                f"{'is' if len(missing) == 1 else 'are'} not in the Hugging Face cache."
+            )
     files = {}
     for filename in CHECKPOINT_FILES:
         path = download(filename, force_download)
@@ -455,31 +476,50 @@ def _fetch_hf(
 # --------------------------------------------------------------------------------------------------
 
 
-def _verified_converted(info: ModelInfo) -> Path | None:
-    """The cached converted copy if every file matches its recorded checksum; a bad copy is removed."""
+def _conversion_record(info: ModelInfo, source: Source) -> dict[str, Any]:
+    """What a converted copy was made from: when any of it changes, the copy is stale."""
+    settings = {k: getattr(info, k) for k in ("backbone", "dataset", "block_size", "truncation", "granularity",
+                                               "prompt_type", "anchor_points", "input_size", "run_name")}
+    return {"url": source.url, "member": source.member, "settings": settings, "convert": dict(info.convert)}
+
+
+def _verified_converted(info: ModelInfo, source: Source) -> Path | None:
+    """The cached converted copy if it was made from ``source`` as the manifest describes it now and
+    every file matches its recorded checksum; otherwise ``None`` (a bad or stale copy is removed)."""
     folder = converted_dir(info.name)
     record_file = folder / CHECKSUMS_NAME
     if not record_file.is_file():
         return None
     try:
         record = json.loads(record_file.read_text(encoding="utf-8"))
-        bad = [f for f in CHECKPOINT_FILES if not (folder / f).is_file() or sha256_file(folder / f) != record["files"][f]]
+        stale = record["made_from"] != json.loads(json.dumps(_conversion_record(info, source))) or (
+            source.sha256 is not None and record["archive_sha256"] != source.sha256
+        )
+        bad = [] if stale else [
+            f for f in CHECKPOINT_FILES if not (folder / f).is_file() or sha256_file(folder / f) != record["files"][f]
+        ]
     except (OSError, ValueError, KeyError, TypeError):
-        bad = [CHECKSUMS_NAME]
-    if not bad:
+        stale, bad = False, [CHECKSUMS_NAME]
+    if stale:
+        log.warning("%s: the cached copy in %s was made from a different release or settings than the manifest "
+                    "now names; replacing it.", info.name, folder)
+    elif bad:
+        log.warning("%s: the cached copy in %s is corrupted (%s does not match its checksum); refusing it.",
+                    info.name, folder, ", ".join(bad))
+    else:
         return folder
-    log.warning("%s: the cached copy in %s is corrupted (%s does not match its checksum); refusing it.",
-                info.name, folder, ", ".join(bad))
     shutil.rmtree(folder, ignore_errors=True)
     return None
 
 
 def _fetch_release(info: ModelInfo, source: Source, *, offline: bool, progress: bool) -> Path:
-    folder = _verified_converted(info)
+    folder = _verified_converted(info, source)
     if folder is not None:
         return folder
     if offline:
-        raise DownloadError(f"the converted copy of {info.name} is not in {cache_root()}.")
+        raise DownloadError(
+            f"{CONFIG_NAME} and {WEIGHTS_NAME} (the converted copy of {info.name}) are not in {converted_dir(info.name)}."
+        )
     assert source.url is not None
     with tempfile.TemporaryDirectory(prefix="clip-ebc-") as tmp:
         archive = Path(tmp) / (source.url.rsplit("/", 1)[-1] or "archive")
@@ -494,7 +534,8 @@ def _fetch_release(info: ModelInfo, source: Source, *, offline: bool, progress: 
         checkpoint = extract_checkpoint(archive, source.member, Path(tmp) / "checkpoint.pth")
         model = convert_for(info, checkpoint, release_url=source.url, release_sha256=archive_sha,
                             checkpoint_member=source.member or checkpoint.name)
-        return _store_converted(info, model)
+        record = {"made_from": _conversion_record(info, source), "archive_sha256": archive_sha}
+        return _store_converted(info, source, model, record)
 
 
 def convert_for(info: ModelInfo, checkpoint: Path, **provenance: Any):
@@ -520,20 +561,26 @@ def convert_for(info: ModelInfo, checkpoint: Path, **provenance: Any):
         raise DownloadError(f"the checkpoint for {info.name} is not the expected one: {e}") from e
 
 
-def _store_converted(info: ModelInfo, model) -> Path:
-    """Save a converted model into the cache atomically, with the checksums of its files."""
+def _store_converted(info: ModelInfo, source: Source, model, record: dict[str, Any]) -> Path:
+    """Save a converted model into the cache atomically, with the checksums of its files and what it
+    was made from. If another process stored a good copy meanwhile, that copy is used."""
     final = converted_dir(info.name)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{info.name}-", dir=final.parent))
     try:
         model.save_pretrained(staging)
-        record = {"files": {f: sha256_file(staging / f) for f in CHECKPOINT_FILES}, "model": info.name}
+        record = {**record, "files": {f: sha256_file(staging / f) for f in CHECKPOINT_FILES}, "model": info.name}
         (staging / CHECKSUMS_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-    except BaseException:
+        try:
+            os.replace(staging, final)
+        except OSError as e:  # another process filled `final` between the two calls
+            ready = _verified_converted(info, source)
+            if ready is None:
+                raise DownloadError(f"cannot store the converted copy of {info.name} in {final}: {e}.") from e
+            return ready
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
     return final
 
 
@@ -563,8 +610,10 @@ def download_url(url: str, dest: Path, *, progress: bool = True, max_bytes: int 
         raise DownloadError(f"{url} answered HTTP {e.code} ({e.reason}).") from e
     except urllib.error.URLError as e:
         raise DownloadError(f"cannot reach {url} ({e.reason}).") from e
-    except OSError as e:
-        raise DownloadError(f"downloading {url} failed: {e}.") from e
+    except (OSError, http.client.HTTPException) as e:
+        raise DownloadError(f"downloading {url} failed: {type(e).__name__}: {e}.") from e
+    except ValueError as e:  # e.g. an unsupported URL scheme in a custom manifest
+        raise DownloadError(f"cannot download {url!r}: {e}.") from e
     return digest.hexdigest()
 
 

@@ -180,7 +180,12 @@ class CLIPEBC(
                         f"directory holds {CONFIG_NAME} and {WEIGHTS_NAME}, as save_pretrained writes)."
                     )
         else:
+            from .errors import ModelNotFoundError
             from .hub import fetch_hub_checkpoint
+
+            text = str(pretrained_model_name_or_path)
+            if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+                raise ModelNotFoundError(f"{text} is neither a checkpoint folder nor a Hub repository id (ORG/NAME).")
 
             files = fetch_hub_checkpoint(
                 str(pretrained_model_name_or_path), revision, cache_dir=cache_dir, offline=local_files_only or None,
@@ -219,12 +224,14 @@ def load_checkpoint(
 
     config = ModelConfig.from_json(Path(config_file))
     try:
-        state = load_file(str(weights_file), device=str(map_location))
+        state = load_file(str(weights_file))
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(f"cannot read {weights_file} as safetensors ({e}); re-download or re-save it.") from e
     with torch.device("meta"):
         model = CLIPEBC(config)
     check_state_dict(model, state, source=f"{weights_file} does not fit the model its {Path(config_file).name} describes")
+    # weights stored in half precision are loaded as float32, the dtype the model computes in
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     anchors = torch.tensor(config.anchor_points, dtype=model.anchor_points.dtype)
     if not torch.equal(model.anchor_points.cpu(), anchors):
@@ -232,7 +239,7 @@ def load_checkpoint(
             f"the anchor points in {weights_file} ({model.anchor_points.tolist()}) differ from those in "
             f"{config_file} ({list(config.anchor_points)}); the two files do not belong together."
         )
-    return model.eval()
+    return model.to(map_location).eval()
 
 
 def check_state_dict(

@@ -12,7 +12,6 @@ to paste into ``weights_manifest.json``. ``--dry-run`` stops before the upload.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,8 +85,8 @@ def _build_cli():
         try:
             info = load_manifest().get(name)
             out = out or Path("publish") / name
-            if out.exists():
-                shutil.rmtree(out)
+            if out.exists() and (not out.is_dir() or any(out.iterdir())):
+                raise CLIPEBCError(f"{out} already exists and is not an empty folder; choose another --out.")
             folder = build_folder(info, out, repo_id=repo_id, checkpoint=checkpoint)
             revision = None if dry_run else upload(folder, repo_id, token=token, private=private)
         except CLIPEBCError as e:

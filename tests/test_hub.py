@@ -204,7 +204,7 @@ def test_offline_cold_cache_names_the_missing_files_and_the_fix(env, hub_server,
     with pytest.raises(DownloadError) as info:
         resolve_model("rn50.tiny")
     message = str(info.value)
-    assert "config.json of clip-ebc/tiny-rn50" in message and "not in the Hugging Face cache" in message
+    assert "config.json and model.safetensors of clip-ebc/tiny-rn50@" + COMMIT_NEW + " are not in the Hugging Face cache" in message
     assert "crowdcount --download rn50.tiny" in message
     assert hub_server.requests == []
 
@@ -244,7 +244,7 @@ def test_corrupted_converted_copy_is_refused_and_rebuilt(env, release_server, of
     write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)])})
     weights = resolve_model("rn50.tiny", progress=False).weights_file
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(DownloadError, match="not in"):
+    with pytest.raises(DownloadError, match="config.json and model.safetensors .the converted copy of rn50.tiny. are not in"):
         resolve_model("rn50.tiny", offline=True)
     assert "is corrupted" in caplog.text and "refusing it" in caplog.text
     resolved = resolve_model("rn50.tiny", progress=False)
@@ -348,3 +348,38 @@ def test_cli_download_then_offline_count(env, release_server, official_rn50, tmp
     row = json.loads(proc.stdout)
     assert row["model"] == "rn50.tiny" and row["width"] == 300 and row["height"] == 200
     assert release_server.count("GET") == 2
+
+
+def test_converted_copy_goes_stale_when_the_manifest_changes(env, release_server, official_rn50, caplog):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)])})
+    resolve_model("rn50.tiny", progress=False)
+    # the maintainers pin the archive's checksum later: the cached copy's recorded archive matches, so it stays
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server, sha256=sha(release_server.archive))])})
+    resolve_model("rn50.tiny", progress=False, offline=True)
+    # a different pinned checksum, or different settings, make the copy stale
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server, sha256="e" * 64)])})
+    with pytest.raises(DownloadError):
+        resolve_model("rn50.tiny", offline=True)
+    assert "made from a different release or settings" in caplog.text
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)], dataset="shb")})
+    resolved = resolve_model("rn50.tiny", progress=False)
+    assert json.loads(resolved.config_file.read_text())["anchor_points"][-1] == 4.41009  # shb's anchors
+
+
+def test_a_copy_stored_by_another_process_meanwhile_is_used(env, release_server, official_rn50, monkeypatch):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)])})
+    first = resolve_model("rn50.tiny", progress=False).weights_file.parent
+    import shutil
+
+    keep = first.parent / "other-process"
+    shutil.copytree(first, keep)
+    real_replace = hub.os.replace
+
+    def racing_replace(src, dst):  # another process renames its finished copy into place first
+        real_replace(keep, dst)
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(hub.os, "replace", racing_replace)
+    shutil.rmtree(first)
+    resolved = resolve_model("rn50.tiny", progress=False)
+    check_parity(resolved.config_file, resolved.weights_file, official_rn50)

@@ -106,3 +106,27 @@ def test_new_model_from_config():
         model(torch.randn(3, 64, 64))
     with pytest.raises(ConfigError, match="needs a ModelConfig"):
         CLIPEBC({"backbone": "RN50"})
+
+
+def test_half_precision_weights_load_as_float32(converted_rn50, tmp_path, official_rn50):
+    def halve(w):  # weights in float16; the anchor and text-embedding buffers stay exact
+        w.update({k: v.half() for k, v in w.items() if v.is_floating_point() and k not in ("anchor_points", "text_embeddings")})
+
+    _save_modified(converted_rn50, tmp_path, halve)
+    model = CLIPEBC.from_pretrained(tmp_path)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model(official_rn50.io["input"]).density, official_rn50.io["output"], rtol=0, atol=0.05)
+
+
+def test_paths_that_are_not_checkpoints(converted_rn50, tmp_path):
+    from clip_ebc import ModelNotFoundError
+    from clip_ebc.hub import resolve_model
+
+    with pytest.raises(ModelNotFoundError, match="is neither a checkpoint folder nor a Hub repository id"):
+        CLIPEBC.from_pretrained(tmp_path / "typo")
+    converted_rn50.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ModelNotFoundError, match="is a file; pass the folder that holds config.json"):
+        resolve_model(tmp_path / "ckpt" / "model.safetensors")
+    with pytest.raises(ModelNotFoundError, match="no such checkpoint folder"):
+        resolve_model(tmp_path / "typo")

@@ -61,3 +61,13 @@ def test_upload_creates_the_repo_and_commits_the_folder(tmp_path):
     assert upload(tmp_path, "org/name", private=True, api=RecordingApi()) == "c" * 40
     assert calls[0] == ("create_repo", {"repo_id": "org/name", "repo_type": "model", "private": True, "exist_ok": True})
     assert calls[1][1]["folder_path"] == str(tmp_path) and calls[1][1]["repo_id"] == "org/name"
+
+
+def test_publish_never_deletes_an_existing_folder(env, official_rn50, tmp_path):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [])})
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    result = CliRunner().invoke(_build_cli(), ["rn50.tiny", "--repo-id", "a/b", "--out", str(precious), "--dry-run"])
+    assert result.exit_code == 1 and "already exists and is not an empty folder" in result.stderr
+    assert (precious / "thesis.txt").read_text() == "years of work"
