@@ -160,11 +160,6 @@ def middle_anchor_points(bins: Sequence[Bin]) -> list[float]:
     return [b[0] if math.isinf(b[1]) else (b[0] + b[1]) / 2 for b in bins]
 
 
-def truncation_of(bins: Sequence[Bin]) -> int:
-    """The truncation ``t`` of a bin set: the lower bound of its open last bin."""
-    return int(bins[-1][0])
-
-
 def counts_to_labels(counts: np.ndarray, bins: Sequence[Bin]) -> np.ndarray:
     """Map integer block counts to bin indices (int64, same shape); counts >= t get the last bin."""
     counts = np.asarray(counts)

@@ -96,7 +96,8 @@ pixel block; the cell values are expected people per block and their sum is the 
 ## Model
 
 - Backbone: CLIP {config.backbone} image encoder{vpt}, decoder {list(config.decoder_channels or ())}
-- Block size: {config.reduction} pixels; {config.num_bins} count bins, truncation {config.truncation}
+- Block size: {config.reduction} pixels; {config.num_bins} count bins, the last for {config.bins[-1][0]:g} or more people
+  per block{f" (truncation {prov['truncation']})" if "truncation" in prov else ""}
 - Input: RGB normalised with mean {list(config.mean)} and std {list(config.std)}
 - Text embeddings of the bin prompts are stored in the checkpoint; no text encoder is needed.
 

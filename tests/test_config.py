@@ -57,7 +57,7 @@ def test_backbone_aliases(alias, name):
 
 def test_defaults_are_filled_in():
     c = rn50_config()
-    assert c.backbone == "RN50" and c.reduction == 8 and c.truncation == 4 and c.num_bins == 5
+    assert c.backbone == "RN50" and c.reduction == 8 and c.num_bins == 5
     assert c.prompts == ("There is no person.", "There is one person.", "There are two people.",
                          "There are three people.", "There are more than four people.")
     assert c.mean == (0.485, 0.456, 0.406) and c.std == (0.229, 0.224, 0.225)
