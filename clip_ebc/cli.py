@@ -146,12 +146,15 @@ def _download(names: str, echo, err) -> int:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Crops per forward pass.")
 @click.option("-r", "--recursive", is_flag=True, help="Look for images in sub-folders of folder inputs.")
 @click.option("--native-size", is_flag=True, help="Keep each image's size instead of the training set's resize rule.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="auto: float32 on CPU, float16 on GPU. bfloat16 needs a GPU or a CPU with "
+                                      "native bfloat16; counts stay float32 either way.")
 @click.option("--list-models", is_flag=True, help="List the registry's models and exit.")
 @click.option("--download", metavar="NAME|all", help="Fetch a model (or all) into the local cache and exit.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
 @click.version_option(__version__, "--version", prog_name="crowdcount", message="%(prog)s (clip-ebc) %(version)s")
 def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_path, batch_size, recursive,
-         native_size, list_models, download, debug) -> None:
+         native_size, precision, list_models, download, debug) -> None:
     """Count the people in images with CLIP-EBC and optionally draw density heatmaps.
 
     INPUTS are image files, folders of images, or glob patterns.
@@ -184,8 +187,8 @@ def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_pat
         raise click.UsageError(f"cannot write the CSV file {csv_path}: {e.strerror or e}.") from e
     try:
         failed = _run(expanded, targets, csv_file, model=model, device=device, batch_size=batch_size,
-                      native=native_size, as_json=as_json, opacity=opacity, side_by_side=side_by_side,
-                      echo=echo, err=err)
+                      native=native_size, precision=precision, as_json=as_json, opacity=opacity,
+                      side_by_side=side_by_side, echo=echo, err=err)
     except CLIPEBCError as e:
         if debug:
             raise
@@ -202,8 +205,8 @@ def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_pat
     sys.exit(1 if failed else 0)
 
 
-def _run(expanded, targets, csv_file, *, model, device, batch_size, native, as_json, opacity, side_by_side,
-         echo, err) -> int:
+def _run(expanded, targets, csv_file, *, model, device, batch_size, native, precision, as_json, opacity,
+         side_by_side, echo, err) -> int:
     images = [p for p in expanded if isinstance(p, Path)]
     problems = [p for p in expanded if isinstance(p, _InputProblem)]
     writer = None
@@ -224,7 +227,8 @@ def _run(expanded, targets, csv_file, *, model, device, batch_size, native, as_j
 
         from .counter import CrowdCounter
 
-        counter = CrowdCounter(model, device=device, batch_size=batch_size, resize="native" if native else "dataset")
+        counter = CrowdCounter(model, device=device, batch_size=batch_size, resize="native" if native else "dataset",
+                               precision=precision)
         total, counted = 0.0, 0
         results = counter.count_many((str(p) for p in images), batch_size=batch_size, skip_errors=True)
         for path, result in _with_progress(zip(images, results), len(images)):

@@ -13,10 +13,13 @@ Crops of equal size from consecutive images are batched together.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -174,6 +177,11 @@ class CrowdCounter:
     batch_size: crops per forward pass. tile_size, tile_margin: ResNet inputs with more pixels than
     ``(tile_size + 2 * tile_margin)**2`` are processed as tiles (pixels; multiples of 32).
     window, stride: ViT sliding window (default: the model's input size, 224, for both).
+    precision: ``"auto"`` (float32 on CPU, float16 on GPUs), ``"float32"``, ``"bfloat16"`` (CPUs with
+    native bfloat16, GPUs) or ``"float16"`` (GPUs); lower precision runs the network under autocast
+    while the bin probabilities, expectation and count stay float32.
+    optimize: fold BatchNorm into the convolutions and use the channels-last layout (exact in
+    float32; ``False`` runs the model as loaded).
     cache_dir, offline, progress: see :func:`clip_ebc.hub.resolve_model`.
     """
 
@@ -189,13 +197,19 @@ class CrowdCounter:
         window: int | None = None,
         stride: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        precision: str | torch.dtype = "auto",
+        optimize: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
         offline: bool | None = None,
         progress: bool = True,
     ) -> None:
+        from .fastpath import prepare_for_inference, resolve_precision
+
         self.device = select_device(device)
+        self.dtype = resolve_precision(precision, self.device)
         if isinstance(model, CLIPEBC):
-            self.model = model
+            # the fast path changes the model (folds BatchNorm), so the caller's model is left alone
+            self.model = copy.deepcopy(model) if optimize else model
             self.name = str(model.config.provenance.get("model_name", "custom"))
             dataset = model.config.provenance.get("dataset")
         else:
@@ -206,7 +220,10 @@ class CrowdCounter:
             self.model = load_checkpoint(resolved.config_file, resolved.weights_file)
             self.name = resolved.name
             dataset = resolved.info.dataset if resolved.info else self.model.config.provenance.get("dataset")
-        self.model = self.model.to(self.device).eval()
+        if optimize:
+            self.model = prepare_for_inference(self.model, self.device)
+        else:
+            self.model = self.model.to(self.device).eval()
         self.config = self.model.config
         self.block_size = self.config.reduction
 
@@ -247,7 +264,8 @@ class CrowdCounter:
         self.max_pixels = max_pixels
 
     def __repr__(self) -> str:
-        return f"CrowdCounter(model={self.name!r}, device={str(self.device)!r}, backbone={self.config.backbone!r})"
+        return (f"CrowdCounter(model={self.name!r}, device={str(self.device)!r}, backbone={self.config.backbone!r}, "
+                f"precision={str(self.dtype).replace('torch.', '')!r})")
 
     # ------------------------------------------------------------------------------------ public
 
@@ -271,9 +289,9 @@ class CrowdCounter:
         batch_size = self.batch_size if batch_size is None else batch_size
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
-        chunk: list[Any] = []
-        for image in images:
-            chunk.append(image)
+        chunk: list[tuple[Any, Any]] = []
+        for item in self._decoded(images, ahead=batch_size):
+            chunk.append(item)
             if len(chunk) == batch_size:
                 yield from self._count_chunk(chunk, batch_size, skip_errors)
                 chunk = []
@@ -282,22 +300,45 @@ class CrowdCounter:
 
     # ---------------------------------------------------------------------------------- internal
 
-    def _count_chunk(self, sources: list[Any], batch_size: int, skip_errors: bool) -> Iterator[CountResult]:
+    def _decoded(self, images: Iterable[ImageInput], ahead: int) -> Iterator[tuple[Any, Any]]:
+        """(source, RGB array or the ImageError) for each input, decoded up to ``ahead`` images in advance
+        on a background thread, so file reading and decoding overlap with the model's work."""
+        def load(source: Any) -> Any:
+            try:
+                return load_image(source, max_pixels=self.max_pixels)
+            except CLIPEBCError as e:
+                return e
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-ebc-decode") as pool:
+            pending: deque = deque()
+            for source in images:
+                pending.append((source, pool.submit(load, source)))
+                if len(pending) > ahead:
+                    src, future = pending.popleft()
+                    yield src, future.result()
+            while pending:
+                src, future = pending.popleft()
+                yield src, future.result()
+
+    def _count_chunk(self, items: list[tuple[Any, Any]], batch_size: int, skip_errors: bool) -> Iterator[CountResult]:
         start = time.perf_counter()
         jobs: list[_Job | CountResult] = []
-        for i, source in enumerate(sources):
+        for i, (source, rgb) in enumerate(items):
             try:
-                jobs.append(self._prepare(i, source))
+                if isinstance(rgb, CLIPEBCError):
+                    raise rgb
+                jobs.append(self._prepare(i, source, rgb))
             except CLIPEBCError as e:
                 if not skip_errors:
                     raise
                 jobs.append(CountResult(math.nan, np.zeros((0, 0), np.float32), self.block_size, (0, 0), self.name,
                                         source=describe(source), error=str(e)))
         ready = [j for j in jobs if isinstance(j, _Job)]
-        with torch.inference_mode():
+        low = self.dtype != torch.float32
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=low):
             maps = run_plans(self.model, [j.x for j in ready], [j.plan for j in ready], [j.cells for j in ready],
                              batch_size=batch_size, max_batch_pixels=self._batch_pixels) if ready else []
-        per_image = (time.perf_counter() - start) / max(len(sources), 1)
+        per_image = (time.perf_counter() - start) / max(len(items), 1)
         by_index = {j.index: m for j, m in zip(ready, maps)}
         for job in jobs:
             if isinstance(job, CountResult):
@@ -317,8 +358,7 @@ class CrowdCounter:
                 _image=job.keep_image,
             )
 
-    def _prepare(self, index: int, source: Any) -> _Job:
-        rgb = load_image(source, max_pixels=self.max_pixels)
+    def _prepare(self, index: int, source: Any, rgb: np.ndarray) -> _Job:
         height, width = rgb.shape[:2]
         size = self.resize.size(width, height) if self.resize is not None else (width, height)
         if self.max_pixels is not None and size[0] * size[1] > self.max_pixels:

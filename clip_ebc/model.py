@@ -102,13 +102,18 @@ class CLIPEBC(
         return x
 
     def head(self, features: Tensor) -> CLIPEBCOutput:
-        """Decoder, projection and the bin classifier on block-grid features (B, C_enc, h, w)."""
+        """Decoder, projection and the bin classifier on block-grid features (B, C_enc, h, w).
+
+        The similarities, the softmax over bins and the expectation are computed in float32 even when
+        the rest runs in lower precision under autocast.
+        """
         x = self.projection(self.decoder(features))
-        image = F.normalize(x.permute(0, 2, 3, 1), dim=-1)  # (B, h, w, E)
-        text = F.normalize(self.text_embeddings.to(image.dtype), dim=-1)  # (N, E)
-        logits = (self.logit_scale.exp() * image @ text.t()).permute(0, 3, 1, 2)  # (B, N, h, w)
-        probs = logits.softmax(dim=1)
-        density = (probs * self.anchor_points.to(probs.dtype).view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            image = F.normalize(x.float().permute(0, 2, 3, 1), dim=-1)  # (B, h, w, E)
+            text = F.normalize(self.text_embeddings.float(), dim=-1)  # (N, E)
+            logits = (self.logit_scale.float().exp() * image @ text.t()).permute(0, 3, 1, 2)  # (B, N, h, w)
+            probs = logits.softmax(dim=1)
+            density = (probs * self.anchor_points.float().view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
         return CLIPEBCOutput(logits=logits, probs=probs, density=density)
 
     def forward(self, x: Tensor) -> CLIPEBCOutput:
@@ -137,6 +142,11 @@ class CLIPEBC(
         """Write ``config.json`` and ``model.safetensors`` (called by ``save_pretrained``)."""
         from safetensors.torch import save_file
 
+        if getattr(self, "_clip_ebc_inference_only", False):
+            raise CheckpointError(
+                "this model was prepared for inference (BatchNorm folded into the convolutions) and cannot be saved "
+                "as a checkpoint; save the model before preparing it, or load it again."
+            )
         save_directory = Path(save_directory)
         self.config.to_json(save_directory / CONFIG_NAME)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}

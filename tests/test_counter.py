@@ -116,9 +116,9 @@ def test_tiled_and_untiled_counts_agree(rn50):
     image, _ = make_scene(1024, 1536, 400, seed=3)
     untiled = CrowdCounter(rn50.model, device="cpu", resize="native", tile_size=2048, tile_margin=0)
     tiled = CrowdCounter(rn50.model, device="cpu", resize="native", tile_size=256, tile_margin=64)
-    job = tiled._prepare(0, image)
+    job = tiled._prepare(0, image, image)
     assert len(job.plan) == 24 and max(c.height * c.width for c in job.plan) <= (256 + 128) ** 2
-    assert len(untiled._prepare(0, image).plan) == 1
+    assert len(untiled._prepare(0, image, image).plan) == 1
     a, b = untiled.count(image), tiled.count(image)
     assert abs(a.count - b.count) / a.count < 0.01
     assert a.density.shape == b.density.shape

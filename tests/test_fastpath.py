@@ -1,0 +1,92 @@
+"""The inference fast path: BatchNorm folding, channels-last, lower precision. Correctness only."""
+
+import copy
+
+import pytest
+import torch
+
+from clip_ebc import CheckpointError, ConfigError, CrowdCounter
+from clip_ebc import fastpath
+from clip_ebc.fastpath import fold_batchnorm, prepare_for_inference, resolve_precision
+from conftest import make_scene
+
+
+@pytest.mark.parametrize("which, expected_folds", [("rn50", 4 * 4 + 3 + 3), ("vit", 2)])
+def test_folded_batchnorm_equals_unfolded(which, expected_folds, converted_rn50, converted_vit, official_rn50):
+    """Folding is exact: in float64 the folded model equals the original. In float32 both carry rounding
+    error that a deep network amplifies (here the unfolded model itself is ~1e-5 away from its float64
+    result, and a one-ulp change of the input moves it as much), so the float32 check is that folding
+    adds at most 1e-5 to the model's own float32 error."""
+    model = converted_rn50 if which == "rn50" else converted_vit
+    folded = copy.deepcopy(model)
+    assert fold_batchnorm(folded) == expected_folds
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    inputs = [official_rn50.io["input"], torch.randn(2, 3, 224, 320, generator=torch.Generator().manual_seed(0))]
+    model64, folded64 = copy.deepcopy(model).double(), copy.deepcopy(model).double()
+    fold_batchnorm(folded64)
+
+    def features64(m, x):  # everything before the (float32) head; ViT LayerNorms run in float32 by design
+        f = m.encode(x.double()) if which == "rn50" else model.encode(x).double()
+        return m.projection(m.decoder(f))
+
+    with torch.no_grad():
+        for x in inputs:
+            exact = features64(model64, x)
+            assert (features64(folded64, x) - exact).abs().max().item() <= 1e-12 * exact.abs().max().item()
+            reference = model64.head(model64.encode(x.double()) if which == "rn50" else model.encode(x).double()).density
+            own_error = (model(x).density.double() - reference).abs().max().item()
+            folded_error = (folded(x).density.double() - reference).abs().max().item()
+            assert folded_error <= own_error + 1e-5, (folded_error, own_error)
+
+
+def test_prepared_model_is_channels_last_and_cannot_be_saved(converted_rn50, tmp_path):
+    model = prepare_for_inference(copy.deepcopy(converted_rn50), torch.device("cpu"))
+    assert model.decoder[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(CheckpointError, match="prepared for inference .* cannot be saved"):
+        model.save_pretrained(tmp_path)
+    train_mode = copy.deepcopy(converted_rn50).train()
+    with pytest.raises(ConfigError, match="needs a model in eval mode"):
+        fold_batchnorm(train_mode)
+
+
+def test_optimized_counter_matches_the_plain_one(converted_rn50, converted_vit):
+    image, _ = make_scene(300, 400, 40)
+    for model in (converted_rn50, converted_vit):
+        plain = CrowdCounter(model, device="cpu", optimize=False).count(image)
+        fast = CrowdCounter(model, device="cpu").count(image)
+        assert fast.count == pytest.approx(plain.count, rel=1e-5)
+        assert abs(fast.density - plain.density).max() < 1e-4
+    assert not getattr(converted_rn50, "_clip_ebc_inference_only", False)  # the caller's model is untouched
+
+
+def test_head_stays_float32_under_autocast(converted_rn50):
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = converted_rn50(x)
+    assert out.logits.dtype == out.probs.dtype == out.density.dtype == torch.float32
+
+
+@pytest.mark.skipif(not fastpath.native_cpu_bfloat16(), reason="this CPU has no native bfloat16")
+def test_bfloat16_counts_are_close_to_float32(converted_rn50, converted_vit):
+    image, _ = make_scene(448, 640, 80)
+    for model in (converted_rn50, converted_vit):
+        reference = CrowdCounter(model, device="cpu").count(image).count
+        low = CrowdCounter(model, device="cpu", precision="bfloat16")
+        assert low.dtype == torch.bfloat16
+        assert low.count(image).count == pytest.approx(reference, rel=0.02)  # tiny random models: 2 %
+
+
+def test_precision_choices(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) is torch.float32
+    assert resolve_precision("fp32", cpu) is torch.float32
+    with pytest.raises(ConfigError, match="float16 is not fast on CPUs"):
+        resolve_precision("float16", cpu)
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        resolve_precision("int8", cpu)
+    monkeypatch.setattr(fastpath, "native_cpu_bfloat16", lambda: False)
+    with pytest.raises(ConfigError, match="no native bfloat16 .* emulated and slower than float32"):
+        resolve_precision("bfloat16", cpu)
+    monkeypatch.setattr(fastpath, "native_cpu_bfloat16", lambda: True)
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    assert resolve_precision("auto", torch.device("cuda")) is torch.float16
