@@ -15,6 +15,7 @@ stored in the checkpoint as the buffer ``text_embeddings``; no text tower is bui
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -108,7 +109,7 @@ class CLIPEBC(
         the rest runs in lower precision under autocast.
         """
         x = self.projection(self.decoder(features))
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with _autocast_off(x.device.type):
             image = F.normalize(x.float().permute(0, 2, 3, 1), dim=-1)  # (B, h, w, E)
             text = F.normalize(self.text_embeddings.float(), dim=-1)  # (N, E)
             logits = (self.logit_scale.float().exp() * image @ text.t()).permute(0, 3, 1, 2)  # (B, N, h, w)
@@ -203,6 +204,17 @@ class CLIPEBC(
             )
             config_file, weights_file = files[CONFIG_NAME], files[WEIGHTS_NAME]
         return load_checkpoint(config_file, weights_file, map_location=map_location)
+
+
+def _autocast_off(device_type: str):
+    """A context that disables autocast for ``device_type`` if it is on (and does nothing otherwise)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # torch < 2.4 takes no device type; meta has no autocast
+        enabled = device_type == "cpu" and torch.is_autocast_cpu_enabled() or (
+            device_type == "cuda" and torch.is_autocast_enabled()
+        )
+    return torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
 
 
 def _grid_after(size: int, config: ModelConfig) -> int:
