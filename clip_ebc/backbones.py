@@ -105,6 +105,12 @@ class ViTEncoder(VisionTransformer):
             norm_layer=LayerNormFp32,  # LayerNorm in float32 whatever the input dtype, as upstream
         )
         self.proj = None  # CLIP's image projection is not used
+        # Run the blocks sequence-first (L, N, D), as upstream does: the attention's input projection then
+        # sees a contiguous tensor. Batch-first makes nn.MultiheadAttention transpose internally, and in
+        # bfloat16 the projection of that transposed view copies the weight once per token (6x slower).
+        self.transformer.batch_first = False
+        for block in self.transformer.resblocks:
+            block.attn.batch_first = False
         self.stride = patch
         self.out_channels = arch.vision_width
         for p in self.parameters():
@@ -125,7 +131,8 @@ class ViTEncoder(VisionTransformer):
         return interpolate_pos_embed(self.positional_embedding, self.grid_size, grid)
 
     def _prompts(self, block: int, batch: int) -> Tensor:
-        return self.vpt_dropout(self.vpt[block].unsqueeze(0).expand(batch, -1, -1))
+        """The prompt tokens of ``block``, sequence-first: (num_vpt, batch, width)."""
+        return self.vpt_dropout(self.vpt[block].unsqueeze(1).expand(-1, batch, -1))
 
     def forward_tokens(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Tokens after ``ln_post``: (B, 1 + h*w, width) with CLS first, and the grid (h, w)."""
@@ -134,22 +141,21 @@ class ViTEncoder(VisionTransformer):
         x = x.flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(batch, 1, width)
         x = torch.cat([cls, x], dim=1) + self.position_embedding((h, w)).to(x.dtype)
-        x = self.ln_pre(x)
+        x = self.ln_pre(x).transpose(0, 1)  # (L, N, D) from here to ln_post
 
-        seq_first = not getattr(self.transformer, "batch_first", True)  # open_clip < 2.23 is (L, N, D)
         blocks = self.transformer.resblocks
         prompts = self._prompts(0, batch) if self.vpt is not None else None
         for i, block in enumerate(blocks):
             n = 0
             if prompts is not None:
-                n = prompts.shape[1]
-                x = torch.cat([x[:, :1], prompts.to(x.dtype), x[:, 1:]], dim=1)
-            x = block(x.transpose(0, 1)).transpose(0, 1) if seq_first else block(x)
+                n = prompts.shape[0]
+                x = torch.cat([x[:1], prompts.to(x.dtype), x[1:]], dim=0)
+            x = block(x)
             if prompts is not None:
                 if i + 1 < len(blocks):
-                    prompts = self._prompts(i + 1, batch) if self.deep_vpt else x[:, 1 : 1 + n]
-                x = torch.cat([x[:, :1], x[:, 1 + n :]], dim=1)
-        return self.ln_post(x), (h, w)
+                    prompts = self._prompts(i + 1, batch) if self.deep_vpt else x[1 : 1 + n]
+                x = torch.cat([x[:1], x[1 + n :]], dim=0)
+        return self.ln_post(x.transpose(0, 1)), (h, w)
 
     def forward(self, x: Tensor) -> Tensor:
         tokens, (h, w) = self.forward_tokens(x)

@@ -120,9 +120,9 @@ def resolve_precision(precision: str | torch.dtype, device: torch.device) -> tor
 
 
 def prepare_for_inference(model: nn.Module, device: torch.device, *, channels_last: bool | None = None) -> nn.Module:
-    """Eval mode, BatchNorm folded, on ``device``; channels-last memory format for convolution-heavy
-    models on CPU and CUDA (``channels_last=None`` decides so)."""
-    model = model.eval()
+    """Eval mode without gradients, BatchNorm folded, on ``device``; channels-last memory format for
+    convolution-heavy models on CPU and CUDA (``channels_last=None`` decides so)."""
+    model = model.eval().requires_grad_(False)
     fold_batchnorm(model)
     model = model.to(device)
     if channels_last is None:

@@ -1,14 +1,12 @@
 """Parity with the official implementation on its own outputs (tests/fixtures/official).
 
-Both tiny models were made and run by the official code (commit b52a594). Our densities, logits,
-probabilities and text embeddings must agree within 1e-5 absolute. The ResNet agrees bit for bit. The
-ViT differs by float32 rounding (up to about 3e-6 in the density, 9e-6 in logits of magnitude up to
-18): our batch-first attention may take PyTorch's fused multi-head-attention fast path, which the
-official sequence-first code never does, and matrix products are blocked differently for different
-batch sizes. Each ViT check runs with the fast path on (the default) and off.
+Both tiny models were made and run by the official code (commit b52a594). The requirement is agreement
+within 1e-5 absolute for densities, logits, probabilities and text embeddings. Our computation follows
+the official one operation for operation (the ViT blocks run sequence-first, as upstream), so on this
+machine every output is in fact identical bit for bit; only the sliding window, when run in batches
+smaller than the official single batch of all windows, differs by float32 rounding (matrix products
+are blocked differently for other batch sizes).
 """
-
-import contextlib
 
 import pytest
 import torch
@@ -20,25 +18,14 @@ from clip_ebc.text import tokenize_prompts
 PARITY_ATOL = 1e-5
 
 
-@contextlib.contextmanager
-def mha_fastpath(enabled: bool):
-    previous = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(enabled)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(previous)
-
-
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a.float() - b.float()).abs().max().item()
 
 
-@pytest.mark.parametrize("fastpath", [True, False])
-def test_density_parity(official_pair, fastpath):
+def test_density_parity(official_pair):
     fixture, model = official_pair
-    with mha_fastpath(fastpath), torch.no_grad():
+    with torch.no_grad():
         for key in ("input", "input_alt0"):  # 224x224 batch 1; odd sizes, batch 2
             density = model(fixture.io[key]).density
             expected = fixture.io[key.replace("input", "output")]
@@ -46,22 +33,19 @@ def test_density_parity(official_pair, fastpath):
             assert abs(density.sum().item() - expected.sum().item()) <= 1e-3
 
 
-@pytest.mark.parametrize("batch_size", [1, 2, 16])
-@pytest.mark.parametrize("fastpath", [True, False])
-def test_sliding_window_parity(official_vit, converted_vit, batch_size, fastpath):
+@pytest.mark.parametrize("batch_size", [1, 2, 6, 16])
+def test_sliding_window_parity(official_vit, converted_vit, batch_size):
     window = official_vit.meta["sliding_window"]
     x = official_vit.io["input_sliding"]
     assert list(x.shape) == window["shape"]
-    with mha_fastpath(fastpath):
-        density = sliding_window_density(converted_vit, x, window["window"], window["stride"], batch_size=batch_size)
+    density = sliding_window_density(converted_vit, x, window["window"], window["stride"], batch_size=batch_size)
     assert max_diff(density, official_vit.io["output_sliding"]) <= PARITY_ATOL
 
 
-@pytest.mark.parametrize("fastpath", [True, False])
-def test_head_intermediates_parity(official_pair, fastpath):
+def test_head_intermediates_parity(official_pair):
     fixture, model = official_pair
     inter = fixture.intermediates
-    with mha_fastpath(fastpath), torch.no_grad():
+    with torch.no_grad():
         features = model.encode(fixture.io["input"])
         projected = model.projection(model.decoder(features))
         out = model(fixture.io["input"])
@@ -98,15 +82,22 @@ def test_resnet_encoder_output(official_rn50, converted_rn50):
     assert max_diff(features, official_rn50.intermediates["encoder_output"]) == 0.0
 
 
-def test_resnet_is_bit_exact(official_rn50, converted_rn50):
+def test_bit_exact_with_the_fixtures_torch_build(official_pair, official_vit, converted_vit):
+    """Not a promise across CPUs or PyTorch builds (the 1e-5 tests are), but a sign that the
+    computation is the official one: identical bits wherever the official batching is reproduced."""
+    fixture, model = official_pair
+    if torch.__version__ != fixture.meta["torch"]:
+        pytest.skip(f"the fixtures were made with torch {fixture.meta['torch']}, this is {torch.__version__}")
     with torch.no_grad():
         for key in ("input", "input_alt0"):
-            assert torch.equal(converted_rn50(official_rn50.io[key]).density, official_rn50.io[key.replace("input", "output")])
+            assert torch.equal(model(fixture.io[key]).density, fixture.io[key.replace("input", "output")])
+        assert torch.equal(model(fixture.io["input"]).logits, fixture.intermediates["logits"])
+    x = official_vit.io["input_sliding"]
+    assert torch.equal(sliding_window_density(converted_vit, x, 224, 224, batch_size=6), official_vit.io["output_sliding"])
 
 
-@pytest.mark.parametrize("fastpath", [True, False])
-def test_vit_tokens(official_vit, converted_vit, fastpath):
-    with mha_fastpath(fastpath), torch.no_grad():
+def test_vit_tokens(official_vit, converted_vit):
+    with torch.no_grad():
         tokens, grid = converted_vit.image_encoder.forward_tokens(official_vit.io["input"])
     assert grid == (14, 14)
     assert max_diff(tokens, official_vit.intermediates["ln_post_output_tokens"]) <= PARITY_ATOL
