@@ -1,0 +1,431 @@
+"""Inference benchmark: every fast-path variant against the plain float32 eager path, in one run.
+
+    python benchmarks/bench_inference.py                       # RN50 and ViT-B/16, default sizes
+    python benchmarks/bench_inference.py --models rn50 --sizes 768x1024 --repeats 5
+    python benchmarks/bench_inference.py --official /path/to/CLIP-EBC   # also time the official code
+
+Models are built at real size with random but well-conditioned weights (speed does not depend on the
+values): BatchNorm statistics from two training-mode batches, the head re-centred so blocks pick
+different bins. With ``--official`` the weights come from the official implementation's own classes
+(see ``official.py``) and are converted, so both implementations count the same model.
+
+For each model, input size and batch size it measures, per variant: latency (median of ``--repeats``
+runs after one warm-up), images per second, peak resident memory during the run (and peak CUDA memory),
+achieved GFLOP/s and its fraction of the machine's matrix-product peak in that precision (measured at
+the start), and the count with its difference from the float32 eager count. It also times loading a
+saved checkpoint from a warm cache. One table is printed at the end (``--markdown`` for RESULTS.md).
+``+RSS`` is the resident memory a run adds to the process (several models live in this process);
+``--memory`` instead measures the whole peak of a fresh process per case: import, load, count one image.
+
+Variants: ``eager-fp32`` (the model as loaded, float32: the reference), ``fast-fp32`` (BatchNorm
+folded, channels-last), ``fast-bf16`` (the same under bfloat16 autocast; CPUs with native bfloat16 and
+GPUs), ``fast-fp16`` (GPUs), and ``official`` (the official implementation's forward on the same
+normalised input: whole image for ResNets, all 224-pixel windows in one batch for ViTs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+MODELS = {"rn50": "RN50", "vit_b16": "ViT-B-16"}
+DEFAULT_SIZES = ["448x448", "768x1024", "1536x2048", "3000x4000"]
+
+
+# ------------------------------------------------------------------------------------ measurement
+
+
+class PeakRSS:
+    """Samples this process's resident memory every few milliseconds; ``peak`` is the highest seen."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * self._page
+        except OSError:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """Achieved GFLOP/s of an n x n matrix product, the best of ``repeats``."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_flops(model: torch.nn.Module, crops: list[torch.Tensor]) -> float:
+    """Floating-point operations of the model's forward over these crops (convolutions and matrix
+    products, counted by PyTorch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:  # the counter's module tracker cannot follow parameters that want gradients
+        p.requires_grad_(False)
+    try:
+        with torch.no_grad(), counter:
+            for x in crops:
+                model(x)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    return float(counter.get_total_flops())
+
+
+# ------------------------------------------------------------------------------------ models
+
+
+def random_model(backbone: str, seed: int):
+    """A real-size CLIPEBC with random, well-conditioned weights, made the way ``official.py`` makes the
+    official model's: trivially initialised tensors (zero BatchNorm scales closing OpenAI's residual
+    branches, unit norm affines, zero biases) get random values, BatchNorm statistics come from one
+    training-mode batch, and the head is re-centred so that blocks pick different bins."""
+    sys.path.insert(0, str(HERE))
+    from official import calibrate_batchnorm, perturb_trivial
+
+    from clip_ebc import CLIPEBC, ModelConfig
+    from clip_ebc.bins import official_anchor_points, official_bins
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    config = ModelConfig(backbone=backbone, bins=official_bins(8, 4), anchor_points=official_anchor_points(8, 4, "sha"),
+                         provenance={"dataset": "sha", "model_name": f"random-{backbone}"})
+    model = CLIPEBC(config)
+    model.set_text_embeddings(torch.randn(config.num_bins, model.text_embeddings.shape[1], generator=gen))
+    perturb_trivial(model, gen)
+    calibrate_batchnorm(model, 224, gen)
+    with torch.no_grad():
+        x = torch.randn(2, 3, 224, 224, generator=gen)
+        features = model.decoder(model.encode(x))
+        w = model.projection.weight[:, :, 0, 0]
+        model.projection.bias.copy_(-(w @ features.mean(dim=(0, 2, 3))))
+    return model.eval()
+
+
+def official_pair(checkout: str, backbone: str, seed: int):
+    """(official model, the same weights converted to clip-ebc)."""
+    sys.path.insert(0, str(HERE))
+    import official  # benchmarks/official.py
+
+    from clip_ebc.bins import official_anchor_points, official_bins
+    from clip_ebc.convert import convert_official
+
+    name = {"RN50": "resnet50", "ViT-B-16": "vit_b_16"}[backbone]
+    theirs = official.build_official(checkout, name, seed=seed)
+    ours = convert_official(official.official_state_dict(theirs), backbone=backbone, reduction=8,
+                            bins=official_bins(8, 4), anchor_points=official_anchor_points(8, 4, "sha"),
+                            prompt_type="word", provenance={"dataset": "sha", "model_name": f"official-{backbone}"})
+    return theirs, ours
+
+
+def scene(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A real-looking synthetic crowd: textured background and a few thousand bright heads."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.ogrid[:height, :width]
+    img = 70 + 35 * np.sin(xx / 37.0)[..., None] + 25 * np.cos(yy / 53.0)[..., None] + np.zeros((1, 1, 3))
+    img = img + rng.normal(0, 8, (height, width, 3))
+    for _ in range(height * width // 4000):
+        y, x, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(2.5, 7)
+        y0, y1, x0, x1 = int(max(0, y - r)), int(min(height, y + r + 1)), int(max(0, x - r)), int(min(width, x + r + 1))
+        mask = (np.arange(y0, y1)[:, None] - y) ** 2 + (np.arange(x0, x1)[None] - x) ** 2 < r * r
+        img[y0:y1, x0:x1][mask] = rng.integers(150, 256, 3)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+@dataclass
+class Row:
+    model: str
+    size: str
+    batch: int
+    variant: str
+    seconds: float
+    images_per_s: float
+    peak_gib: float
+    cuda_peak_gib: float | None
+    gflops: float | None
+    peak_fraction: float | None
+    count: float
+    count_delta: float | None = None
+    speedup: float | None = None
+
+
+def time_runs(fn, repeats: int, device: torch.device) -> tuple[float, float, float | None, object]:
+    """(median seconds, working memory GiB (peak RSS during the runs minus RSS before), peak CUDA GiB,
+    last result) of ``fn`` after one warm-up run."""
+    result = fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    gc.collect()
+    before = PeakRSS()._rss()
+    with PeakRSS() as rss:
+        for _ in range(repeats):
+            _sync(device)
+            t = time.perf_counter()
+            result = fn()
+            _sync(device)
+            times.append(time.perf_counter() - t)
+    cuda_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return statistics.median(times), (rss.peak - before) / 2**30, cuda_peak, result
+
+
+def official_forward(official_model, model, image: np.ndarray, device: torch.device) -> float:
+    """The official pipeline on the normalised image: whole image (ResNet) or every 224-pixel window
+    in one batch, averaged over overlaps (ViT), as ``utils.sliding_window_predict`` does."""
+    from clip_ebc.preprocess import to_input_tensor
+    from clip_ebc.tiling import Stitcher, window_plan
+
+    x = to_input_tensor(image, model.config.mean, model.config.std, device=device)
+    with torch.no_grad():
+        if not model.config.is_vit:
+            return float(official_model(x).sum())
+        h, w = x.shape[-2:]
+        plan = window_plan(h, w, (224, 224), (224, 224), 8)
+        preds = official_model(torch.cat([x[:, :, c.top:c.top + 224, c.left:c.left + 224] for c in plan]))
+        stitcher = Stitcher(plan, (h // 8, w // 8), device)
+        for crop, p in zip(plan, preds):
+            stitcher.add(crop, p)
+        return float(stitcher.result().sum())
+
+
+def run(args) -> list[Row]:
+    from clip_ebc import CrowdCounter
+    from clip_ebc.fastpath import native_cpu_bfloat16
+    from clip_ebc.tiling import tile_plan, whole_plan, window_plan
+
+    device = torch.device(args.device)
+    peaks = {torch.float32: matmul_peak(device, torch.float32)}
+    low_precisions = []
+    if device.type == "cuda":
+        low_precisions = [("fast-fp16", "float16"), ("fast-bf16", "bfloat16")]
+    elif native_cpu_bfloat16():
+        low_precisions = [("fast-bf16", "bfloat16")]
+    for _, p in low_precisions:
+        peaks[getattr(torch, p)] = matmul_peak(device, getattr(torch, p))
+    print(f"matmul peak: " + ", ".join(f"{str(k).replace('torch.', '')} {v:.0f} GFLOP/s" for k, v in peaks.items()),
+          flush=True)
+
+    rows: list[Row] = []
+    for key in args.models:
+        backbone = MODELS[key]
+        official_model = None
+        if args.official:
+            official_model, model = official_pair(args.official, backbone, args.seed)
+            official_model = official_model.to(device).eval()
+        else:
+            model = random_model(backbone, args.seed)
+
+        with tempfile.TemporaryDirectory() as tmp:  # load time from a warm cache (files on local disk)
+            model.save_pretrained(tmp)
+            CrowdCounter(tmp, device=device)  # warm the page cache
+            load_times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                CrowdCounter(tmp, device=device)
+                load_times.append(time.perf_counter() - t)
+            print(f"{key}: load from a warm cache {statistics.median(load_times):.2f} s (median of 3)", flush=True)
+            rows.append(Row(key, "load", 1, "CrowdCounter(folder)", statistics.median(load_times), 0, 0, None,
+                            None, None, float("nan")))
+
+        variants = [("eager-fp32", dict(optimize=False, precision="float32")),
+                    ("fast-fp32", dict(optimize=True, precision="float32"))]
+        variants += [(name, dict(optimize=True, precision=p)) for name, p in low_precisions]
+        counters = {name: CrowdCounter(model, device=device, resize="native", **kw) for name, kw in variants}
+
+        for size in args.sizes:
+            height, width = (int(v) for v in size.split("x"))
+            image = scene(height, width)
+            for batch in args.batches:
+                if batch > 1 and height * width > 2_000_000:
+                    continue  # batches of big photos only repeat what one photo shows
+                repeats = args.repeats if height * width <= 2_000_000 else 1
+                images = [image] * batch
+                reference = None
+                for name, counter in counters.items():
+                    fn = lambda: [r.count for r in counter.count_many(images, batch_size=max(8, batch))]  # noqa: E731
+                    seconds, peak, cuda_peak, counts = time_runs(fn, repeats, device)
+                    crops = _crops(counter, image, whole_plan, tile_plan, window_plan)
+                    flops = model_flops(counter.model, crops) * batch
+                    dtype = counter.dtype
+                    row = Row(key, size, batch, name, seconds, batch / seconds, peak, cuda_peak,
+                              flops / seconds / 1e9, flops / seconds / 1e9 / peaks[dtype], counts[0])
+                    if reference is None:
+                        reference = row
+                    row.speedup = reference.seconds / seconds
+                    row.count_delta = (row.count - reference.count) / reference.count
+                    rows.append(row)
+                    print(_format([row])[-1], flush=True)
+                if official_model is not None and batch == 1 and height * width <= args.official_max_pixels:
+                    fn = lambda: official_forward(official_model, model, image, device)  # noqa: E731
+                    seconds, peak, cuda_peak, count = time_runs(fn, repeats, device)
+                    row = Row(key, size, 1, "official", seconds, 1 / seconds, peak, cuda_peak, None, None, count)
+                    row.speedup = reference.seconds / seconds
+                    row.count_delta = (count - reference.count) / reference.count
+                    rows.append(row)
+                    print(_format([row])[-1], flush=True)
+        del counters, model, official_model
+        gc.collect()
+    return rows
+
+
+def _crops(counter, image, whole_plan, tile_plan, window_plan) -> list[torch.Tensor]:
+    """The crops the counter runs for ``image`` (for counting FLOPs), as zero tensors."""
+    job = counter._prepare(0, image, image)
+    return [torch.zeros(1, 3, c.height, c.width, device=counter.device) for c in job.plan]
+
+
+# ------------------------------------------------------------------------------------ output
+
+
+HEADER = ["model", "input", "batch", "variant", "median s", "img/s", "speedup", "+RSS GiB", "GFLOP/s",
+          "% of peak", "count", "Δcount"]
+
+
+def _format(rows: list[Row], markdown: bool = False) -> list[str]:
+    table = []
+    for r in rows:
+        table.append([
+            r.model, r.size, str(r.batch), r.variant, f"{r.seconds:.3f}", f"{r.images_per_s:.3f}" if r.images_per_s else "",
+            f"{r.speedup:.2f}x" if r.speedup else "", f"{r.peak_gib:.2f}" if r.peak_gib else "",
+            f"{r.gflops:.0f}" if r.gflops else "", f"{100 * r.peak_fraction:.0f}%" if r.peak_fraction else "",
+            f"{r.count:.1f}" if r.count == r.count else "", f"{100 * r.count_delta:+.3f}%" if r.count_delta is not None else "",
+        ])
+    if markdown:
+        lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        return lines + ["| " + " | ".join(row) + " |" for row in table]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(HEADER)]
+    return ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [HEADER] + table]
+
+
+def _child(checkpoint: str, size: str, precision: str, device: str) -> None:
+    """One fresh process: import, load the checkpoint, count one image; print times and peak RSS."""
+    start = time.perf_counter()
+    from clip_ebc import CrowdCounter
+
+    imported = time.perf_counter()
+    counter = CrowdCounter(checkpoint, device=device, resize="native", precision=precision)
+    loaded = time.perf_counter()
+    height, width = (int(v) for v in size.split("x"))
+    image = scene(height, width)
+    with PeakRSS() as rss:
+        t = time.perf_counter()
+        count = counter.count(image).count
+        seconds = time.perf_counter() - t
+    print(f"RESULT {imported - start:.3f} {loaded - imported:.3f} {seconds:.3f} {rss.peak / 2**30:.3f} {count:.3f}")
+
+
+def memory(args) -> None:
+    """Peak resident memory of a fresh process that loads the model and counts one image."""
+    import subprocess
+
+    from clip_ebc.fastpath import native_cpu_bfloat16
+
+    precisions = ["float32"] + (["bfloat16"] if args.device == "cpu" and native_cpu_bfloat16() else [])
+    if args.device.startswith("cuda"):
+        precisions = ["float32", "float16"]
+    lines = ["| model | input | precision | import s | load s | count s | peak RSS GiB | count |", "|---|---|---|---|---|---|---|---|"]
+    for key in args.models:
+        with tempfile.TemporaryDirectory() as tmp:
+            random_model(MODELS[key], args.seed).save_pretrained(tmp)
+            for size in args.sizes:
+                for precision in precisions:
+                    cmd = [sys.executable, __file__, "--child", tmp, size, precision, "--device", args.device]
+                    if args.threads:
+                        cmd += ["--threads", str(args.threads)]
+                    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                    imp, load, secs, peak, count = out.split("RESULT ")[1].split()
+                    lines.append(f"| {key} | {size} | {precision} | {imp} | {load} | {secs} | {peak} | {float(count):.1f} |")
+                    print(lines[-1], flush=True)
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="HxW, e.g. 768x1024")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (1 for inputs over 2 MP)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--official", metavar="CHECKOUT", help="path to a checkout of Yiming-M/CLIP-EBC to time too")
+    parser.add_argument("--official-max-pixels", type=int, default=3_200_000,
+                        help="skip the official code above this many pixels (it holds whole images in memory)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--markdown", action="store_true", help="print the final table as Markdown")
+    parser.add_argument("--memory", action="store_true",
+                        help="instead: peak RSS of a fresh process per model, size and precision (load + count)")
+    parser.add_argument("--child", nargs=3, metavar=("CHECKPOINT", "SIZE", "PRECISION"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        return _child(*args.child, args.device)
+
+    import clip_ebc
+
+    print(f"clip-ebc {clip_ebc.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
+          f"{platform.machine()}, {torch.get_num_threads()} threads, device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""), flush=True)
+    print("command: python " + " ".join(sys.argv), flush=True)
+    if args.memory:
+        return memory(args)
+    rows = run(args)
+    print()
+    print("\n".join(_format(rows, markdown=args.markdown)))
+
+
+if __name__ == "__main__":
+    main()
