@@ -160,29 +160,17 @@ def middle_anchor_points(bins: Sequence[Bin]) -> list[float]:
     return [b[0] if math.isinf(b[1]) else (b[0] + b[1]) / 2 for b in bins]
 
 
-def counts_to_labels(counts: np.ndarray, bins: Sequence[Bin]) -> np.ndarray:
-    """Map integer block counts to bin indices (int64, same shape); counts >= t get the last bin."""
-    counts = np.asarray(counts)
-    lows = np.array([b[0] for b in bins], dtype=np.float64)
-    # bins are contiguous and start at 0, so a count's bin is the last one whose lower bound <= count
-    return (np.searchsorted(lows, counts, side="right") - 1).clip(0).astype(np.int64)
+def counts_to_labels(counts, bins: Sequence[Bin]):
+    """The bin index of each block count: a tensor (int64, same shape and device) for a tensor, an
+    array for an array. Bins are contiguous from 0, so a count belongs to the last bin whose lower
+    bound it reaches; counts of t or more fall into the open last bin."""
+    if isinstance(counts, np.ndarray) or not hasattr(counts, "device"):
+        lows = np.array([b[0] for b in bins], dtype=np.float64)
+        return (np.searchsorted(lows, np.asarray(counts), side="right") - 1).clip(0).astype(np.int64)
+    import torch
 
-
-def average_anchor_points(block_counts: np.ndarray, bins: Sequence[Bin]) -> list[float]:
-    """The "average" anchors: the mean block count of all blocks falling in each bin.
-
-    ``block_counts`` are integer people-per-block values collected over a training set (the official
-    numbers come from r x r windows at stride 1 over each training image's dot map, truncated to int).
-    A bin that no block falls into keeps its middle anchor.
-    """
-    counts = np.asarray(block_counts).astype(np.int64).ravel()
-    labels = counts_to_labels(counts, bins)
-    middle = middle_anchor_points(bins)
-    out = []
-    for i in range(len(bins)):
-        members = counts[labels == i]
-        out.append(float(members.mean()) if members.size else float(middle[i]))
-    return out
+    lows = torch.tensor([b[0] for b in bins], dtype=counts.dtype, device=counts.device)
+    return (torch.bucketize(counts, lows, right=True) - 1).clamp_(min=0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -85,8 +85,8 @@ def to_input_tensor(
     The normalisation runs in place, so a large image costs about one float copy of itself.
     """
     x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).unsqueeze(0).float()
-    if size is not None and (size[1], size[0]) != tuple(x.shape[-2:]):
-        x = F.interpolate(x, size=(size[1], size[0]), mode="bicubic", align_corners=False).round_().clamp_(0, 255)
+    if size is not None:
+        x = _bicubic(x, size)
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     x = x.div_(255.0).sub_(m).div_(s)
@@ -96,3 +96,16 @@ def to_input_tensor(
         padded[..., :h, :w] = x
         x = padded
     return x
+
+
+def _bicubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, C, H, W) 0-255 float -> resized to (w, h) = ``size``, rounded to whole levels and clamped."""
+    if (size[1], size[0]) == tuple(x.shape[-2:]):
+        return x
+    return F.interpolate(x, size=(size[1], size[0]), mode="bicubic", align_corners=False).round_().clamp_(0, 255)
+
+
+def resize_uint8(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB uint8 (H, W, 3) image to ``size`` = (w, h) with the same kernel as :func:`to_input_tensor`."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float()
+    return _bicubic(x, size)[0].permute(1, 2, 0).to(torch.uint8).numpy()

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from clip_ebc.bins import (
-    average_anchor_points,
     bin_prompt,
     bin_prompts,
     counts_to_labels,
@@ -140,12 +139,12 @@ def test_counts_to_labels():
     assert counts_to_labels(np.arange(10), make_bins(8, "coarse")).tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4, 4]
 
 
-def test_average_anchor_points():
-    counts = np.array([0, 0, 1, 2, 2, 3, 4, 4, 5, 9])
-    # bins {0} {1} {2} {3} [4, inf): the open bin averages 4, 4, 5, 9 -> 5.5; single bins keep their count
-    assert average_anchor_points(counts, make_bins(4)) == [0, 1, 2, 3, 5.5]
-    # an empty bin falls back to its middle anchor
-    assert average_anchor_points(np.array([0, 4]), make_bins(4)) == [0, 1, 2, 3, 4]
+def test_counts_to_labels_on_tensors():
+    import torch
+
+    counts = torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 57.0]])
+    labels = counts_to_labels(counts, make_bins(4))
+    assert labels.dtype == torch.int64 and labels.tolist() == [[0, 1, 2], [3, 4, 4]]
 
 
 @pytest.mark.parametrize(
