@@ -19,7 +19,8 @@ saved checkpoint from a warm cache. One table is printed at the end (``--markdow
 
 Variants: ``eager-fp32`` (the model as loaded, float32: the reference), ``fast-fp32`` (BatchNorm
 folded, channels-last), ``fast-bf16`` (the same under bfloat16 autocast; CPUs with native bfloat16 and
-GPUs), ``fast-fp16`` (GPUs), and ``official`` (the official implementation's forward on the same
+GPUs), ``fast-fp16`` (GPUs), ``*-compiled`` (with ``--compile``: torch.compile, first call reported
+apart), and ``official`` (the official implementation's forward on the same
 normalised input: whole image for ResNets, all 224-pixel windows in one batch for ViTs).
 """
 
@@ -283,6 +284,8 @@ def run(args) -> list[Row]:
         variants = [("eager-fp32", dict(optimize=False, precision="float32")),
                     ("fast-fp32", dict(optimize=True, precision="float32"))]
         variants += [(name, dict(optimize=True, precision=p)) for name, p in low_precisions]
+        if args.compile:
+            variants += [(name + "-compiled", dict(kw, compile=True)) for name, kw in list(variants[1:])]
         counters = {name: CrowdCounter(model, device=device, resize="native", **kw) for name, kw in variants}
 
         for size in args.sizes:
@@ -296,6 +299,10 @@ def run(args) -> list[Row]:
                 reference = None
                 for name, counter in counters.items():
                     fn = lambda: [r.count for r in counter.count_many(images, batch_size=max(8, batch))]  # noqa: E731
+                    if name.endswith("-compiled"):  # the first call compiles; report it apart
+                        t = time.perf_counter()
+                        fn()
+                        print(f"{key} {size} {name}: first call (compiling) {time.perf_counter() - t:.1f} s", flush=True)
                     seconds, peak, cuda_peak, counts = time_runs(fn, repeats, device)
                     crops = _crops(counter, image, whole_plan, tile_plan, window_plan)
                     flops = model_flops(counter.model, crops) * batch
@@ -404,6 +411,7 @@ def main() -> None:
     parser.add_argument("--official-max-pixels", type=int, default=3_200_000,
                         help="skip the official code above this many pixels (it holds whole images in memory)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile variants of the fast paths")
     parser.add_argument("--markdown", action="store_true", help="print the final table as Markdown")
     parser.add_argument("--memory", action="store_true",
                         help="instead: peak RSS of a fresh process per model, size and precision (load + count)")

@@ -149,12 +149,14 @@ def _download(names: str, echo, err) -> int:
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="auto: float32 on CPU, float16 on GPU. bfloat16 needs a GPU or a CPU with "
                                       "native bfloat16; counts stay float32 either way.")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch.compile the model: slower start (tens of seconds), a few percent faster per image.")
 @click.option("--list-models", is_flag=True, help="List the registry's models and exit.")
 @click.option("--download", metavar="NAME|all", help="Fetch a model (or all) into the local cache and exit.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
 @click.version_option(__version__, "--version", prog_name="crowdcount", message="%(prog)s (clip-ebc) %(version)s")
 def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_path, batch_size, recursive,
-         native_size, precision, list_models, download, debug) -> None:
+         native_size, precision, compile_model, list_models, download, debug) -> None:
     """Count the people in images with CLIP-EBC and optionally draw density heatmaps.
 
     INPUTS are image files, folders of images, or glob patterns.
@@ -187,8 +189,8 @@ def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_pat
         raise click.UsageError(f"cannot write the CSV file {csv_path}: {e.strerror or e}.") from e
     try:
         failed = _run(expanded, targets, csv_file, model=model, device=device, batch_size=batch_size,
-                      native=native_size, precision=precision, as_json=as_json, opacity=opacity,
-                      side_by_side=side_by_side, echo=echo, err=err)
+                      native=native_size, precision=precision, compile_model=compile_model, as_json=as_json,
+                      opacity=opacity, side_by_side=side_by_side, echo=echo, err=err)
     except CLIPEBCError as e:
         if debug:
             raise
@@ -205,8 +207,8 @@ def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_pat
     sys.exit(1 if failed else 0)
 
 
-def _run(expanded, targets, csv_file, *, model, device, batch_size, native, precision, as_json, opacity,
-         side_by_side, echo, err) -> int:
+def _run(expanded, targets, csv_file, *, model, device, batch_size, native, precision, compile_model, as_json,
+         opacity, side_by_side, echo, err) -> int:
     images = [p for p in expanded if isinstance(p, Path)]
     problems = [p for p in expanded if isinstance(p, _InputProblem)]
     writer = None
@@ -228,7 +230,7 @@ def _run(expanded, targets, csv_file, *, model, device, batch_size, native, prec
         from .counter import CrowdCounter
 
         counter = CrowdCounter(model, device=device, batch_size=batch_size, resize="native" if native else "dataset",
-                               precision=precision)
+                               precision=precision, compile=compile_model)
         total, counted = 0.0, 0
         results = counter.count_many((str(p) for p in images), batch_size=batch_size, skip_errors=True)
         for path, result in _with_progress(zip(images, results), len(images)):

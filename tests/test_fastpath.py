@@ -90,3 +90,10 @@ def test_precision_choices(monkeypatch):
     monkeypatch.setattr(fastpath, "native_cpu_bfloat16", lambda: True)
     assert resolve_precision("bf16", cpu) is torch.bfloat16
     assert resolve_precision("auto", torch.device("cuda")) is torch.float16
+
+
+def test_compiled_counter_counts_the_same(converted_vit):
+    image, _ = make_scene(224, 448, 20)
+    plain = CrowdCounter(converted_vit, device="cpu").count(image)
+    compiled = CrowdCounter(converted_vit, device="cpu", compile=True).count(image)
+    assert compiled.count == pytest.approx(plain.count, rel=1e-5)
