@@ -27,7 +27,6 @@ normalised input: whole image for ResNets, all 224-pixel windows in one batch fo
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import os
 import platform
@@ -245,8 +244,6 @@ def official_forward(official_model, model, image: np.ndarray, device: torch.dev
 def run(args) -> list[Row]:
     from clip_ebc import CrowdCounter
     from clip_ebc.fastpath import native_cpu_bfloat16
-    from clip_ebc.tiling import tile_plan, whole_plan, window_plan
-
     device = torch.device(args.device)
     peaks = {torch.float32: matmul_peak(device, torch.float32)}
     low_precisions = []
@@ -256,7 +253,7 @@ def run(args) -> list[Row]:
         low_precisions = [("fast-bf16", "bfloat16")]
     for _, p in low_precisions:
         peaks[getattr(torch, p)] = matmul_peak(device, getattr(torch, p))
-    print(f"matmul peak: " + ", ".join(f"{str(k).replace('torch.', '')} {v:.0f} GFLOP/s" for k, v in peaks.items()),
+    print("matmul peak: " + ", ".join(f"{str(k).replace('torch.', '')} {v:.0f} GFLOP/s" for k, v in peaks.items()),
           flush=True)
 
     rows: list[Row] = []
@@ -304,7 +301,7 @@ def run(args) -> list[Row]:
                         fn()
                         print(f"{key} {size} {name}: first call (compiling) {time.perf_counter() - t:.1f} s", flush=True)
                     seconds, peak, cuda_peak, counts = time_runs(fn, repeats, device)
-                    crops = _crops(counter, image, whole_plan, tile_plan, window_plan)
+                    crops = _crops(counter, image)
                     flops = model_flops(counter.model, crops) * batch
                     dtype = counter.dtype
                     row = Row(key, size, batch, name, seconds, batch / seconds, peak, cuda_peak,
@@ -323,12 +320,12 @@ def run(args) -> list[Row]:
                     row.count_delta = (count - reference.count) / reference.count
                     rows.append(row)
                     print(_format([row])[-1], flush=True)
-        del counters, model, official_model
+        counters = model = official_model = None  # free this model before building the next
         gc.collect()
     return rows
 
 
-def _crops(counter, image, whole_plan, tile_plan, window_plan) -> list[torch.Tensor]:
+def _crops(counter, image) -> list[torch.Tensor]:
     """The crops the counter runs for ``image`` (for counting FLOPs), as zero tensors."""
     job = counter._prepare(0, image, image)
     return [torch.zeros(1, 3, c.height, c.width, device=counter.device) for c in job.plan]

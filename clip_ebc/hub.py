@@ -19,7 +19,6 @@ moves the converted-weights cache; ``HF_ENDPOINT`` and ``HF_HOME`` work as in ``
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import http.client
@@ -688,14 +687,3 @@ def _copy_limited(src: IO[bytes], dest: Path, max_bytes: int, what: str) -> None
                 raise DownloadError(f"{what} unpacks to more than {max_bytes:,} bytes; refusing it.")
             out.write(chunk)
 
-
-def manifest_entry_dict(info: ModelInfo) -> dict[str, Any]:
-    """An entry as written in the manifest (for printing and editing)."""
-    d = dataclasses.asdict(info)
-    d.pop("name")
-    d["metrics"] = list(d["metrics"])
-    d["sources"] = [{k: v for k, v in dataclasses.asdict(s).items() if v not in (None, {}, False) or k == "type"}
-                    for s in info.sources]
-    if not d.get("convert"):
-        d.pop("convert", None)
-    return d
