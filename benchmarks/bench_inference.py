@@ -327,7 +327,7 @@ def run(args) -> list[Row]:
 
 def _crops(counter, image) -> list[torch.Tensor]:
     """The crops the counter runs for ``image`` (for counting FLOPs), as zero tensors."""
-    job = counter._prepare(0, image, image)
+    job = counter._prepare(image, image)
     return [torch.zeros(1, 3, c.height, c.width, device=counter.device) for c in job.plan]
 
 

@@ -43,11 +43,13 @@ def interpolate_pos_embed(pos_embed: Tensor, grid: tuple[int, int], new_grid: tu
 class ResNetEncoder(ModifiedResNet):
     """CLIP's modified ResNet returning the ``layer4`` map: (B, 32*width, H/stride, W/stride).
 
-    stride is 16 for ``reduction <= 16`` (``layer4``'s two average pools become identities; the
-    weights are unchanged) and 32 otherwise.
+    With stride 16 (block sizes up to 16, see :attr:`ModelConfig.encoder_stride`) ``layer4``'s two
+    average pools become identities; the weights are unchanged. Stride 32 is CLIP's own.
     """
 
-    def __init__(self, arch: ClipArchitecture, reduction: int) -> None:
+    def __init__(self, arch: ClipArchitecture, stride: int) -> None:
+        if stride not in (16, 32):
+            raise ValueError(f"a CLIP ResNet encoder has stride 16 or 32, not {stride}.")
         super().__init__(
             layers=list(arch.vision_layers),  # type: ignore[arg-type]
             output_dim=arch.embed_dim,
@@ -56,14 +58,13 @@ class ResNetEncoder(ModifiedResNet):
             width=arch.vision_width,
         )
         self.attnpool = None  # the pooling head (with CLIP's image projection) is not used
-        self.stride = 32
-        if reduction <= 16:
+        if stride == 16:
             first = self.layer4[0]
             first.avgpool = nn.Identity()
             if first.downsample is not None:
                 setattr(first.downsample, "-1", nn.Identity())
-            self.stride = 16
-        self.out_channels = arch.vision_width * 32
+        self.stride = stride
+        self.out_channels = arch.encoder_channels
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
@@ -166,7 +167,7 @@ def build_image_encoder(config: ModelConfig) -> ResNetEncoder | ViTEncoder:
     """The image encoder described by ``config`` (random weights; load a state dict afterwards)."""
     arch = config.architecture
     if arch.is_resnet:
-        return ResNetEncoder(arch, config.reduction)
+        return ResNetEncoder(arch, config.encoder_stride)
     return ViTEncoder(
         arch,
         input_size=int(config.input_size),  # type: ignore[arg-type]

@@ -188,7 +188,8 @@ def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_pat
     except OSError as e:
         raise click.UsageError(f"cannot write the CSV file {csv_path}: {e.strerror or e}.") from e
     try:
-        failed = _run(expanded, targets, csv_file, model=model, device=device, batch_size=batch_size,
+        problems = [p for p in expanded if isinstance(p, _InputProblem)]
+        failed = _run(images, problems, targets, csv_file, model=model, device=device, batch_size=batch_size,
                       native=native_size, precision=precision, compile_model=compile_model, as_json=as_json,
                       opacity=opacity, side_by_side=side_by_side, echo=echo, err=err)
     except CLIPEBCError as e:
@@ -207,10 +208,8 @@ def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_pat
     sys.exit(1 if failed else 0)
 
 
-def _run(expanded, targets, csv_file, *, model, device, batch_size, native, precision, compile_model, as_json,
-         opacity, side_by_side, echo, err) -> int:
-    images = [p for p in expanded if isinstance(p, Path)]
-    problems = [p for p in expanded if isinstance(p, _InputProblem)]
+def _run(images, problems, targets, csv_file, *, model, device, batch_size, native, precision, compile_model,
+         as_json, opacity, side_by_side, echo, err) -> int:
     writer = None
     if csv_file is not None:
         writer = csv.DictWriter(csv_file, ["path", "count", "model", "width", "height", "seconds", "error"])
@@ -232,7 +231,8 @@ def _run(expanded, targets, csv_file, *, model, device, batch_size, native, prec
         counter = CrowdCounter(model, device=device, batch_size=batch_size, resize="native" if native else "dataset",
                                precision=precision, compile=compile_model)
         total, counted = 0.0, 0
-        results = counter.count_many((str(p) for p in images), batch_size=batch_size, skip_errors=True)
+        results = counter.count_many((str(p) for p in images), batch_size=batch_size, skip_errors=True,
+                                     keep_images=bool(targets))
         for path, result in _with_progress(zip(images, results), len(images)):
             row: dict[str, Any] = result.to_dict()
             if result.ok:

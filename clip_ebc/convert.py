@@ -15,7 +15,6 @@ from flags otherwise (``--help`` lists them).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import sys
@@ -38,13 +37,14 @@ from .bins import (
 )
 from .config import BACKBONES, ClipArchitecture, DecoderEntry, ModelConfig, canonical_backbone
 from .errors import CheckpointError, CLIPEBCError, ConfigError, ConversionError
+from .hub import sha256_file
 from .model import CLIPEBC, check_state_dict
 from .text import encode_prompts
 
 OFFICIAL_REPO = "https://github.com/Yiming-M/CLIP-EBC"
 
 _VPT_KEY = re.compile(r"^vpt_(\d+)$")
-_DECODER_KEY = re.compile(r"^image_decoder\.(\d+)\.conv1\.weight$")
+_DECODER_KEY = re.compile(r"^decoder\.(\d+)\.conv1\.weight$")
 
 
 def split_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -62,7 +62,7 @@ def split_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[st
     for key, value in state_dict.items():
         if not isinstance(value, Tensor):
             raise ConversionError(f"entry {key!r} of the checkpoint is a {type(value).__name__}, not a tensor.")
-        name = key[len("module."):] if key.startswith("module.") else key
+        name = key.removeprefix("module.")
         if value.is_floating_point():
             value = value.float()
         if name.startswith("text_encoder."):
@@ -91,15 +91,12 @@ def split_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[st
     return model, text
 
 
-def _infer_decoder_channels(state_dict: Mapping[str, Tensor]) -> tuple[DecoderEntry, ...] | None:
-    widths = {}
-    for key, value in state_dict.items():
-        m = _DECODER_KEY.match(key[len("module."):] if key.startswith("module.") else key)
-        if m:
-            widths[int(m.group(1))] = int(value.shape[0])
+def _decoder_channels(model_sd: Mapping[str, Tensor]) -> tuple[DecoderEntry, ...] | None:
+    """Decoder widths read from the (mapped) decoder weights; indices without a conv are parameter-free
+    x2 upsamplings ("U") in the official config."""
+    widths = {int(m.group(1)): int(v.shape[0]) for k, v in model_sd.items() if (m := _DECODER_KEY.match(k))}
     if not widths:
         return None
-    # indices without a conv are parameter-free x2 upsamplings ("U") in the official config
     return tuple(widths.get(i, "U") for i in range(max(widths) + 1))
 
 
@@ -113,7 +110,7 @@ def convert_official(
     prompt_type: str,
     input_size: int | None = None,
     num_vpt: int | None = None,
-    deep_vpt: bool = True,
+    deep_vpt: bool | None = True,
     clip_config: Mapping[str, Any] | ClipArchitecture | None = None,
     decoder_channels: Sequence[DecoderEntry] | None = None,
     provenance: Mapping[str, Any] | None = None,
@@ -124,7 +121,7 @@ def convert_official(
     reduction: block size r (8, 16, 32). bins, anchor_points, prompt_type: as the run was trained (see
     :func:`clip_ebc.bins.official_bins` / :func:`~clip_ebc.bins.official_anchor_points`).
     input_size (ViT): read from the positional-embedding table when ``None``. num_vpt: read from the VPT
-    tables when ``None``. clip_config: the official CLIP config fields, for custom (e.g. tiny) CLIP
+    tables when ``None``; deep_vpt: ``None`` reads it from the number of VPT tables too. clip_config: the official CLIP config fields, for custom (e.g. tiny) CLIP
     models; the backbone's standard architecture otherwise. decoder_channels: read from the decoder
     weights when ``None``. Text embeddings are computed with the checkpoint's text tower.
     Raises :class:`~clip_ebc.errors.ConversionError` when the weights do not fit.
@@ -152,6 +149,8 @@ def convert_official(
         elif num_vpt != found:
             raise ConversionError(f"num_vpt={num_vpt} was given, but the checkpoint has {found} VPT tokens per table.")
         if tables is not None:
+            if deep_vpt is None:
+                deep_vpt = tables.shape[0] != 1
             want = int(arch.vision_layers) if deep_vpt else 1  # type: ignore[arg-type]
             if tables.shape[0] != want:
                 hint = "deep_vpt=False (shallow VPT)" if tables.shape[0] == 1 else "deep_vpt=True"
@@ -167,7 +166,7 @@ def convert_official(
             input_size = side * int(arch.vision_patch_size)  # type: ignore[arg-type]
 
     if decoder_channels is None:
-        decoder_channels = _infer_decoder_channels(state_dict)
+        decoder_channels = _decoder_channels(model_sd)
     try:
         config = ModelConfig(
             backbone=name,
@@ -179,7 +178,7 @@ def convert_official(
             decoder_channels=None if decoder_channels is None else tuple(decoder_channels),
             input_size=input_size,
             num_vpt=num_vpt if not arch.is_resnet else None,
-            deep_vpt=deep_vpt,
+            deep_vpt=True if deep_vpt is None else deep_vpt,
             provenance=dict(provenance or {}),
         )
     except ConfigError as e:
@@ -285,15 +284,6 @@ def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
     return dict(obj)
 
 
-def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert_file(
     src: str | Path,
     *,
@@ -376,7 +366,7 @@ def convert_file(
         "source": "official CLIP-EBC checkpoint",
         "official_repo": OFFICIAL_REPO,
         "converted_from": src.name,
-        "source_sha256": sha256_of(src),
+        "source_sha256": sha256_file(src),
         "run_name": run_name,
         "dataset": dataset,
         "granularity": granularity,
@@ -386,7 +376,6 @@ def convert_file(
     }
     if input_size is None and parsed.get("input_size") is not None:
         input_size = parsed["input_size"]
-    arch_is_vit = "image_encoder.class_embedding" in state or "module.image_encoder.class_embedding" in state
     return convert_official(
         state,
         backbone=backbone,
@@ -396,16 +385,11 @@ def convert_file(
         prompt_type=prompt_type,
         input_size=input_size,
         num_vpt=num_vpt,
-        deep_vpt=(_infer_deep_vpt(state) if deep_vpt is None else deep_vpt) if arch_is_vit else True,
+        deep_vpt=deep_vpt,
         clip_config=clip_config,
         decoder_channels=decoder_channels,
         provenance={k: v for k, v in provenance.items() if v is not None},
     )
-
-
-def _infer_deep_vpt(state: Mapping[str, Tensor]) -> bool:
-    tables = [k for k in state if _VPT_KEY.match(k[len("module."):] if k.startswith("module.") else k)]
-    return len(tables) != 1
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ from .tiling import Crop, run_plans, tile_plan, whole_plan, window_plan
 
 RESNET_ALIGN = 32
 """ResNet inputs are padded to multiples of this, so tiles line up with the stride-32 grid."""
+CHUNK_PIXELS = 16_000_000
+"""Images are prepared (decoded, resized, normalised) in groups of at most this many pixels, or
+``batch_size`` images, whichever is reached first."""
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
@@ -154,8 +157,6 @@ class CountResult:
 
 @dataclass
 class _Job:
-    index: int
-    source: Any
     name: str
     rgb_shape: tuple[int, int]
     x: torch.Tensor
@@ -230,7 +231,7 @@ class CrowdCounter:
         self.config = self.model.config
         if compile:
             # torch.compile pays for itself over many same-sized crops (ViT windows): measured on a 2-core
-            # CPU, ViT-B/16 windows run 6-9% faster after a first call of 15-30 s.
+            # CPU, ViT-B/16 windows run 5-15% faster after a first call of 17-23 s (benchmarks/RESULTS.md).
             self.model = torch.compile(self.model)
         self.block_size = self.config.reduction
 
@@ -254,8 +255,7 @@ class CrowdCounter:
             raise ConfigError(f"tile_size and tile_margin must be multiples of {RESNET_ALIGN}, got {tile_size} and {tile_margin}.")
         self.batch_size = batch_size
         self.tile_size, self.tile_margin = tile_size, tile_margin
-        # One forward pass sees at most one full tile's worth of pixels (ViT windows: batch_size of them).
-        self._batch_pixels = max((tile_size + 2 * tile_margin) ** 2, batch_size * (window or self.config.input_size or 0) ** 2)
+        self._tile_pixels = (tile_size + 2 * tile_margin) ** 2
         self.window = int(self.config.input_size if window is None else window)  # type: ignore[arg-type]
         self.stride = int(self.window if stride is None else stride)
         if self.config.is_vit:
@@ -269,6 +269,10 @@ class CrowdCounter:
                     f"window ({self.window}), got {self.stride}."
                 )
         self.max_pixels = max_pixels
+
+    def _batch_pixels(self, batch_size: int) -> int:
+        """Most input pixels one forward pass may see: one tile (ResNets) or ``batch_size`` windows (ViTs)."""
+        return batch_size * self.window**2 if self.config.is_vit else self._tile_pixels
 
     def __repr__(self) -> str:
         return (f"CrowdCounter(model={self.name!r}, device={str(self.device)!r}, backbone={self.config.backbone!r}, "
@@ -286,24 +290,33 @@ class CrowdCounter:
         batch_size: int | None = None,
         *,
         skip_errors: bool = False,
+        keep_images: bool = False,
     ) -> Iterator[CountResult]:
         """Count many images, yielding one result per input, in order.
 
-        Crops of up to ``batch_size`` consecutive images are batched together. An input that cannot be
-        read raises :class:`~clip_ebc.errors.ImageError`, or, with ``skip_errors=True``, yields a result
-        whose ``error`` says why and the run goes on.
+        Images are prepared in groups of at most ``batch_size`` images and :data:`CHUNK_PIXELS` pixels, and
+        their crops batched together. An input that cannot be read raises
+        :class:`~clip_ebc.errors.ImageError`, or, with ``skip_errors=True``, yields a result whose
+        ``error`` says why and the run goes on. ``keep_images`` keeps each decoded image in its result,
+        so ``save_heatmap`` need not read the file again (in-memory inputs are always kept).
         """
         batch_size = self.batch_size if batch_size is None else batch_size
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
         chunk: list[tuple[Any, Any]] = []
-        for item in self._decoded(images, ahead=batch_size):
-            chunk.append(item)
+        pixels = 0
+        for source, rgb in self._decoded(images, ahead=batch_size):
+            size = 0 if isinstance(rgb, CLIPEBCError) else rgb.shape[0] * rgb.shape[1]
+            if chunk and pixels + size > CHUNK_PIXELS:
+                yield from self._count_chunk(chunk, batch_size, skip_errors, keep_images)
+                chunk, pixels = [], 0
+            chunk.append((source, rgb))
+            pixels += size
             if len(chunk) == batch_size:
-                yield from self._count_chunk(chunk, batch_size, skip_errors)
-                chunk = []
+                yield from self._count_chunk(chunk, batch_size, skip_errors, keep_images)
+                chunk, pixels = [], 0
         if chunk:
-            yield from self._count_chunk(chunk, batch_size, skip_errors)
+            yield from self._count_chunk(chunk, batch_size, skip_errors, keep_images)
 
     # ---------------------------------------------------------------------------------- internal
 
@@ -327,14 +340,15 @@ class CrowdCounter:
                 src, future = pending.popleft()
                 yield src, future.result()
 
-    def _count_chunk(self, items: list[tuple[Any, Any]], batch_size: int, skip_errors: bool) -> Iterator[CountResult]:
+    def _count_chunk(self, items: list[tuple[Any, Any]], batch_size: int, skip_errors: bool,
+                     keep_images: bool) -> Iterator[CountResult]:
         start = time.perf_counter()
         jobs: list[_Job | CountResult] = []
-        for i, (source, rgb) in enumerate(items):
+        for source, rgb in items:
             try:
                 if isinstance(rgb, CLIPEBCError):
                     raise rgb
-                jobs.append(self._prepare(i, source, rgb))
+                jobs.append(self._prepare(source, rgb, keep_image=keep_images))
             except CLIPEBCError as e:
                 if not skip_errors:
                     raise
@@ -344,15 +358,15 @@ class CrowdCounter:
         low = self.dtype != torch.float32
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=low):
             maps = run_plans(self.model, [j.x for j in ready], [j.plan for j in ready], [j.cells for j in ready],
-                             batch_size=batch_size, max_batch_pixels=self._batch_pixels) if ready else []
+                             batch_size=batch_size, max_batch_pixels=self._batch_pixels(batch_size)) if ready else []
         per_image = (time.perf_counter() - start) / max(len(items), 1)
-        by_index = {j.index: m for j, m in zip(ready, maps)}
+        density_maps = iter(maps)
         for job in jobs:
             if isinstance(job, CountResult):
                 job.seconds = per_image
                 yield job
                 continue
-            density = by_index[job.index][0, 0, : job.valid[0], : job.valid[1]].float().cpu().numpy()
+            density = next(density_maps)[0, 0, : job.valid[0], : job.valid[1]].cpu().numpy()
             yield CountResult(
                 count=float(density.sum(dtype=np.float64)),
                 density=density,
@@ -365,7 +379,7 @@ class CrowdCounter:
                 _image=job.keep_image,
             )
 
-    def _prepare(self, index: int, source: Any, rgb: np.ndarray) -> _Job:
+    def _prepare(self, source: Any, rgb: np.ndarray, *, keep_image: bool = False) -> _Job:
         height, width = rgb.shape[:2]
         size = self.resize.size(width, height) if self.resize is not None else (width, height)
         if self.max_pixels is not None and size[0] * size[1] > self.max_pixels:
@@ -386,11 +400,11 @@ class CrowdCounter:
         if self.config.is_vit:
             plan = window_plan(ph, pw, (self.window, self.window), (self.stride, self.stride), r)
         else:
-            limit = (self.tile_size + 2 * self.tile_margin) ** 2
-            plan = whole_plan(ph, pw, cells) if ph * pw <= limit else tile_plan(ph, pw, self.tile_size, self.tile_margin, r)
-        keep = None if isinstance(source, (str, os.PathLike)) else rgb  # in-memory images are kept for heatmaps
-        name = str(source) if isinstance(source, (str, os.PathLike)) else describe(source)
-        return _Job(index, source, name, (height, width), x, plan, cells, valid, (h, w), keep)
+            plan = (whole_plan(ph, pw, cells) if ph * pw <= self._tile_pixels
+                    else tile_plan(ph, pw, self.tile_size, self.tile_margin, r))
+        is_path = isinstance(source, (str, os.PathLike))
+        keep = rgb if keep_image or not is_path else None  # in-memory images are always kept for heatmaps
+        return _Job(str(source) if is_path else describe(source), (height, width), x, plan, cells, valid, (h, w), keep)
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -432,11 +432,12 @@ def _fetch_hf(
         except Exception as e:  # noqa: BLE001 - httpx/hub errors vary across versions
             raise DownloadError(f"downloading {filename} from {repo_id} failed: {type(e).__name__}: {e}.") from e
 
-    if offline:
+    found: dict[str, Path] = {}
+    if offline:  # look for every file first, so that the error names all that are missing
         missing = []
         for filename in CHECKPOINT_FILES:
             try:
-                download(filename)
+                found[filename] = download(filename)
             except _NotCached:
                 missing.append(filename)
         if missing:
@@ -446,7 +447,7 @@ def _fetch_hf(
             )
     files = {}
     for filename in CHECKPOINT_FILES:
-        path = download(filename, force_download)
+        path = found[filename] if filename in found else download(filename, force_download)
         expected = checksums.get(filename)
         if expected:
             actual = sha256_file(path)

@@ -30,9 +30,8 @@ from .backbones import build_image_encoder
 from .config import ModelConfig
 from .decoder import build_decoder, init_conv_bn
 from .errors import CheckpointError, ConfigError
+from .hub import CONFIG_NAME, WEIGHTS_NAME
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 """Initial ``logit_scale`` of a new model (upstream's; not CLIP's trained temperature)."""
 
@@ -222,7 +221,7 @@ def _grid_after(size: int, config: ModelConfig) -> int:
     arch = config.architecture
     if arch.is_resnet:
         n = (size + 1) // 2  # conv1, stride 2, padding 1
-        for _ in range(3 if config.reduction <= 16 else 4):  # stem pool, layer2, layer3 (, layer4)
+        for _ in range(config.encoder_stride.bit_length() - 2):  # stem pool, layer2, layer3 (and layer4 at 32)
             n //= 2
     else:
         n = size // int(arch.vision_patch_size)  # type: ignore[arg-type]

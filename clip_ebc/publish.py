@@ -23,21 +23,13 @@ from .hub import CHECKPOINT_FILES, ModelInfo, load_manifest, sha256_file
 def build_folder(info: ModelInfo, out: Path, *, repo_id: str, checkpoint: Path | None = None) -> Path:
     """Convert the model of ``info`` (its release, or the official ``checkpoint`` file) into ``out``,
     with a model card; returns ``out``."""
-    from .card import model_card_text
-    from .hub import convert_for, resolve_model
-    from .model import load_checkpoint
+    import shutil
 
-    if checkpoint is not None:
-        model = convert_for(info, checkpoint)
-    else:
-        if not any(s.type == "release" and s.usable for s in info.sources):
-            raise DownloadError(f"{info.name} has no release to convert; pass --checkpoint with its official weights.")
-        resolved = resolve_model(info.name, offline=False)
-        model = load_checkpoint(resolved.config_file, resolved.weights_file)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)  # config.json, model.safetensors, and a default card replaced below
-    card = model_card_text(
-        model.config,
+    from .card import model_card_text
+    from .config import ModelConfig
+    from .hub import convert_for, resolve_model
+
+    card_kwargs = dict(
         title=f"CLIP-EBC {info.name}",
         description=info.description + ".",
         metrics=[dict(m) for m in info.metrics],
@@ -45,7 +37,17 @@ def build_folder(info: ModelInfo, out: Path, *, repo_id: str, checkpoint: Path |
         extra={"registry_name": info.name, "original_provenance": info.provenance},
         usage_id=f"hf-hub:{repo_id}",
     )
-    (out / "README.md").write_text(card, encoding="utf-8")
+    out.mkdir(parents=True, exist_ok=True)
+    if checkpoint is not None:
+        convert_for(info, checkpoint).save_pretrained(out, model_card_kwargs=card_kwargs)
+        return out
+    if not any(s.type == "release" and s.usable for s in info.sources):
+        raise DownloadError(f"{info.name} has no release to convert; pass --checkpoint with its official weights.")
+    resolved = resolve_model(info.name, offline=False)  # converted once and verified, in the cache
+    for f in (resolved.config_file, resolved.weights_file):
+        shutil.copy2(f, out / f.name)
+    config = ModelConfig.from_json(out / resolved.config_file.name)
+    (out / "README.md").write_text(model_card_text(config, **card_kwargs), encoding="utf-8")
     return out
 
 

@@ -14,7 +14,6 @@ from open_clip.transformer import LayerNormFp32, QuickGELU, TextTransformer
 from torch import Tensor
 
 from .config import ClipArchitecture
-from .errors import CheckpointError
 
 
 def build_text_tower(arch: ClipArchitecture) -> TextTransformer:
@@ -49,22 +48,13 @@ def encode_prompts(
     ``positional_embedding``, ``transformer.resblocks.*``, ``ln_final.*``, ``text_projection``), which
     are the official ``text_encoder.*`` keys without their prefix. It is loaded strictly.
     """
+    from .model import check_state_dict
+
     tower = build_text_tower(arch)
-    expected = set(tower.state_dict())
-    given = set(text_state_dict)
-    if expected != given:
-        missing, unexpected = sorted(expected - given), sorted(given - expected)
-        raise CheckpointError(
-            "the text-encoder weights do not fit the CLIP architecture: "
-            + (f"missing {missing[:5]}" if missing else "")
-            + ("; " if missing and unexpected else "")
-            + (f"unexpected {unexpected[:5]}" if unexpected else "")
-            + "."
-        )
-    try:
-        tower.load_state_dict({k: v.float() for k, v in text_state_dict.items()}, strict=True)
-    except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"the text-encoder weights do not fit the CLIP architecture: {e}") from e
+    state = {k: v.float() for k, v in text_state_dict.items()}
+    check_state_dict(tower, state, source="the text-encoder weights do not fit the CLIP architecture",
+                     advice="Check the CLIP architecture (text width, heads, layers, context length).")
+    tower.load_state_dict(state, strict=True)
     tower.eval()
     tokens = tokenize_prompts(prompts, arch.context_length)
     return tower(tokens).float()

@@ -116,9 +116,9 @@ def test_tiled_and_untiled_counts_agree(rn50):
     image, _ = make_scene(1024, 1536, 400, seed=3)
     untiled = CrowdCounter(rn50.model, device="cpu", resize="native", tile_size=2048, tile_margin=0)
     tiled = CrowdCounter(rn50.model, device="cpu", resize="native", tile_size=256, tile_margin=64)
-    job = tiled._prepare(0, image, image)
+    job = tiled._prepare(image, image)
     assert len(job.plan) == 24 and max(c.height * c.width for c in job.plan) <= (256 + 128) ** 2
-    assert len(untiled._prepare(0, image, image).plan) == 1
+    assert len(untiled._prepare(image, image).plan) == 1
     a, b = untiled.count(image), tiled.count(image)
     assert abs(a.count - b.count) / a.count < 0.01
     assert a.density.shape == b.density.shape
@@ -230,3 +230,38 @@ def test_checkpoint_folder_named_like_json(converted_rn50, tmp_path, monkeypatch
     converted_rn50.save_pretrained(tmp_path / "{proj}")
     monkeypatch.chdir(tmp_path)
     assert CrowdCounter("{proj}", device="cpu").config.backbone == "RN50"
+
+
+def test_batches_stay_within_the_pixel_budget(rn50, vit, monkeypatch):
+    """ResNets: one tile's worth of pixels per forward pass; ViTs: batch_size windows."""
+    import clip_ebc.counter as counter_module
+
+    seen = []
+    real = counter_module.run_plans
+    monkeypatch.setattr(counter_module, "run_plans", lambda *a, **k: (seen.append(k["max_batch_pixels"]), real(*a, **k))[1])
+    image, _ = make_scene(480, 640, 10)
+    CrowdCounter(rn50.model, device="cpu", batch_size=8).count(image)
+    CrowdCounter(vit.model, device="cpu", batch_size=8).count(image)
+    list(CrowdCounter(vit.model, device="cpu").count_many([image], batch_size=3))
+    assert seen == [(1024 + 128) ** 2, 8 * 224**2, 3 * 224**2]
+
+
+def test_images_are_grouped_by_pixels_too(rn50, monkeypatch):
+    import clip_ebc.counter as counter_module
+
+    monkeypatch.setattr(counter_module, "CHUNK_PIXELS", 100_000)
+    groups = []
+    real = rn50._count_chunk
+    monkeypatch.setattr(rn50, "_count_chunk", lambda items, *a: (groups.append(len(items)), real(items, *a))[1])
+    images = [make_scene(240, 320, 3, seed)[0] for seed in range(3)]  # 76,800 pixels each
+    results = list(rn50.count_many(images, batch_size=8))
+    assert groups == [1, 1, 1] and len(results) == 3
+
+
+def test_kept_images_spare_a_second_decode(rn50, scene, tmp_path, monkeypatch):
+    _, path = scene
+    (kept,) = rn50.count_many([path], keep_images=True)
+    import clip_ebc.images as images_module
+
+    monkeypatch.setattr(images_module.Image, "open", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read again")))
+    assert kept.save_heatmap(tmp_path / "h.png").is_file()

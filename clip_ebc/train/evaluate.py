@@ -12,8 +12,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 from .evaluation import count_image, evaluate, write_nwpu_submission
 
 
@@ -47,14 +45,13 @@ def _build_cli():
                 if not images:
                     raise click.UsageError(f"no images under {data_root / split / 'images'}.")
                 from ..images import load_image
+                from ..preprocess import to_input_tensor
 
-                mean = torch.tensor(net.config.mean).view(3, 1, 1)
-                std = torch.tensor(net.config.std).view(3, 1, 1)
                 counts = {}
                 with click.progressbar(images, label=f"Counting {split}", file=sys.stderr) as bar:
                     for path in bar:
-                        x = (torch.from_numpy(load_image(path, max_pixels=None)).permute(2, 0, 1).float() / 255 - mean) / std
-                        counts[path.stem] = count_image(net, x.to(dev), sliding_window=use_windows, window=window, stride=stride)
+                        x = to_input_tensor(load_image(path, max_pixels=None), net.config.mean, net.config.std, device=dev)[0]
+                        counts[path.stem] = count_image(net, x, sliding_window=use_windows, window=window, stride=stride)
                 if nwpu_submission is not None:
                     write_nwpu_submission(counts, nwpu_submission)
                     click.echo(f"wrote {len(counts)} counts to {nwpu_submission}")

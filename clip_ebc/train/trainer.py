@@ -173,7 +173,9 @@ def _distributed(device_choice: str) -> tuple[int, int, torch.device]:
             # the other processes wait while rank 0 evaluates and writes checkpoints: allow for that
             dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=2))
     else:
-        device = torch.device(device_choice if device_choice != "auto" else ("cuda" if use_cuda else "cpu"))
+        from ..counter import select_device
+
+        device = select_device(device_choice if device_choice != "auto" else ("cuda" if use_cuda else "cpu"))
     return rank, world, device
 
 
@@ -381,12 +383,8 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
         if not native_cpu_bfloat16():
             raise ConfigError("amp on a CPU needs native bfloat16 (AVX512-BF16/AMX or ARM BF16); this CPU has none.")
 
-    augmentation = Augmentation(
-        input_size=input_size, min_scale=config.min_scale, max_scale=config.max_scale,
-        brightness=config.brightness, contrast=config.contrast, saturation=config.saturation, hue=config.hue,
-        jitter_prob=config.jitter_prob, blur=config.blur, blur_kernel=config.blur_kernel, blur_prob=config.blur_prob,
-        saltiness=config.saltiness, spiciness=config.spiciness, noise_prob=config.noise_prob,
-    )
+    shared = {f.name for f in dataclasses.fields(Augmentation)} & set(config.to_dict())
+    augmentation = Augmentation(**{**{name: getattr(config, name) for name in shared}, "input_size": input_size})
     train_set = CrowdDataset(config.data_root, "train", mean=model_config.mean, std=model_config.std,
                              transform=TrainTransform(augmentation), num_crops=config.num_crops,
                              block_size=model_config.reduction, seed=config.seed)
