@@ -108,7 +108,7 @@ pixel block; the cell values are expected people per block and their sum is the 
 ## Usage
 
 ```bash
-pip install clip-ebc
+# with clip-ebc installed (pip install from its repository)
 crowdcount crowd.jpg --model {usage_id} --heatmap crowd_heatmap.png
 ```
 
