@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from clip_ebc import CLIPEBC, CrowdCounter
+from clip_ebc.errors import ConfigError
 from clip_ebc.train import TrainConfig, evaluate, fit, lr_factor, metrics, prepare_dataset, write_nwpu_submission
 from clip_ebc.train.data import CrowdDataset
 
@@ -167,3 +168,14 @@ def test_command_line_usage_errors(tmp_path):
     assert proc.returncode == 2 and "unknown preset 'no-such-preset'" in proc.stderr
     proc = run("rn50.sha", "--data-root", str(tmp_path), "--count-loss", "l2")
     assert proc.returncode == 1 and "count_loss must be one of" in proc.stderr
+    proc = run("rn50.sha", "--data-root", str(tmp_path), "--blur", "gaussian")  # checked before any set-up
+    assert proc.returncode == 1 and "blur must be one of ('official', 'isotropic'), got 'gaussian'." in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_config_builds_and_checks_its_augmentation():
+    augmentation = TrainConfig(data_root="x", input_size=64, reduction=8, min_scale=1.5, blur="isotropic").augmentation()
+    assert (augmentation.input_size, augmentation.min_scale, augmentation.max_scale) == (64, 1.5, 2.0)
+    assert augmentation.blur == "isotropic" and augmentation.flip_prob == 0.5
+    with pytest.raises(ConfigError, match="need 0 < min_scale <= max_scale, got 3 and 2.0"):
+        TrainConfig(data_root="x", min_scale=3)

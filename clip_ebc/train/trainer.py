@@ -38,6 +38,7 @@ from ..config import ClipArchitecture, ModelConfig, canonical_backbone
 from ..errors import ConfigError
 from ..model import CLIPEBC
 from .losses import COUNT_LOSSES, DACELoss
+from .transforms import Augmentation
 
 log = logging.getLogger("clip_ebc.train")
 RESUME_NAME = "resume.pt"
@@ -71,19 +72,20 @@ class TrainConfig:
     decoder_channels: list | None = field(default=None, metadata=_help("decoder widths (default: the backbone's)"))
 
     num_crops: int = field(default=1, metadata=_help("crops per image per step"))
-    min_scale: float = field(default=1.0, metadata=_help("smallest crop, as a multiple of input_size"))
-    max_scale: float = field(default=2.0, metadata=_help("largest crop, as a multiple of input_size"))
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-    hue: float = 0.0
-    jitter_prob: float = 0.2
-    blur: str = field(default="official", metadata=_help("'official' (fixed vertical blur, upstream's quirk) or 'isotropic'"))
-    blur_kernel: int = 5
-    blur_prob: float = 0.2
-    saltiness: float = 1e-3
-    spiciness: float = 1e-3
-    noise_prob: float = 0.5
+    # augmentation (clip_ebc.train.Augmentation, whose defaults are the official trainer's)
+    min_scale: float = field(default=Augmentation.min_scale, metadata=_help("smallest crop, as a multiple of input_size"))
+    max_scale: float = field(default=Augmentation.max_scale, metadata=_help("largest crop, as a multiple of input_size"))
+    brightness: float = Augmentation.brightness
+    contrast: float = Augmentation.contrast
+    saturation: float = Augmentation.saturation
+    hue: float = Augmentation.hue
+    jitter_prob: float = Augmentation.jitter_prob
+    blur: str = field(default=Augmentation.blur, metadata=_help("'official' (fixed vertical blur, upstream's quirk) or 'isotropic'"))
+    blur_kernel: int = Augmentation.blur_kernel
+    blur_prob: float = Augmentation.blur_prob
+    saltiness: float = Augmentation.saltiness
+    spiciness: float = Augmentation.spiciness
+    noise_prob: float = Augmentation.noise_prob
 
     count_loss: str = field(default="dmcount", metadata=_help("dmcount, mae or mse (upstream's trainer defaults to mae, but every documented run uses dmcount)"))
     weight_count_loss: float = 1.0
@@ -122,6 +124,12 @@ class TrainConfig:
         for name in ("batch_size", "total_epochs", "num_crops", "eval_freq", "save_freq", "T_0", "T_mult"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        self.augmentation()  # checks the augmentation settings now, not after the model is built
+
+    def augmentation(self) -> Augmentation:
+        """The augmentation of ``input_size`` training crops that these settings describe."""
+        names = {f.name for f in dataclasses.fields(Augmentation)} & {f.name for f in dataclasses.fields(self)}
+        return Augmentation(**{name: getattr(self, name) for name in names})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -349,7 +357,7 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
 
     from .data import CrowdDataset, collate_crops
     from .evaluation import evaluate
-    from .transforms import Augmentation, TrainTransform
+    from .transforms import TrainTransform
 
     rank, world, device = _distributed(config.device)
     main_process = rank == 0
@@ -375,7 +383,6 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
     if world > 1 and main_process:
         dist.barrier()
     model_config = model.config
-    input_size = config.input_size if not model_config.is_vit else int(model_config.input_size)  # type: ignore[arg-type]
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     if config.amp and device.type == "cpu":
         from ..fastpath import native_cpu_bfloat16
@@ -383,10 +390,8 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
         if not native_cpu_bfloat16():
             raise ConfigError("amp on a CPU needs native bfloat16 (AVX512-BF16/AMX or ARM BF16); this CPU has none.")
 
-    shared = {f.name for f in dataclasses.fields(Augmentation)} & set(config.to_dict())
-    augmentation = Augmentation(**{**{name: getattr(config, name) for name in shared}, "input_size": input_size})
     train_set = CrowdDataset(config.data_root, "train", mean=model_config.mean, std=model_config.std,
-                             transform=TrainTransform(augmentation), num_crops=config.num_crops,
+                             transform=TrainTransform(config.augmentation()), num_crops=config.num_crops,
                              block_size=model_config.reduction, seed=config.seed)
     val_set = CrowdDataset(config.data_root, "val", mean=model_config.mean, std=model_config.std) if main_process else None
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
@@ -395,7 +400,7 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
                         collate_fn=collate_crops, pin_memory=device.type == "cuda")
 
     loss_fn = DACELoss(model_config.bins, model_config.reduction, count_loss=config.count_loss,
-                       weight_count_loss=config.weight_count_loss, input_size=input_size).to(device)
+                       weight_count_loss=config.weight_count_loss, input_size=config.input_size).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
     schedule = dict(lr=config.lr, warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,

@@ -15,6 +15,8 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import Tensor
 
+from ..errors import ConfigError
+
 BLUR_MODES = ("official", "isotropic")
 
 
@@ -45,9 +47,9 @@ class Augmentation:
 
     def __post_init__(self) -> None:
         if self.blur not in BLUR_MODES:
-            raise ValueError(f"blur must be one of {BLUR_MODES}, got {self.blur!r}.")
+            raise ConfigError(f"blur must be one of {BLUR_MODES}, got {self.blur!r}.")
         if not 0 < self.min_scale <= self.max_scale:
-            raise ValueError(f"need 0 < min_scale <= max_scale, got {self.min_scale} and {self.max_scale}.")
+            raise ConfigError(f"need 0 < min_scale <= max_scale, got {self.min_scale} and {self.max_scale}.")
 
 
 def _uniform(low: float, high: float, g: torch.Generator) -> float:
