@@ -47,16 +47,7 @@ class CLIPEBCOutput(NamedTuple):
     """(B, 1, h, w) float: expected people per block; the image count is its sum."""
 
 
-class CLIPEBC(
-    nn.Module,
-    PyTorchModelHubMixin,
-    library_name="clip-ebc",
-    license="mit",
-    paper_url="https://arxiv.org/abs/2403.09281",
-    repo_url="https://github.com/Yiming-M/CLIP-EBC",
-    pipeline_tag="image-feature-extraction",
-    tags=["crowd-counting", "density-estimation", "clip", "clip-ebc"],
-):
+class CLIPEBC(nn.Module, PyTorchModelHubMixin):  # the Hub card's metadata is in card.py
     """CLIP-EBC: counts people as a blockwise classification over count bins.
 
     Build a new model from a :class:`~clip_ebc.ModelConfig` (random weights, zero text embeddings; see
@@ -139,7 +130,8 @@ class CLIPEBC(
             self.text_embeddings.copy_(embeddings)
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (called by ``save_pretrained``)."""
+        """Write ``config.json`` and ``model.safetensors`` (called by ``save_pretrained``, which then writes
+        the model card ``README.md``)."""
         from safetensors.torch import save_file
 
         if getattr(self, "_clip_ebc_inference_only", False):
@@ -148,6 +140,8 @@ class CLIPEBC(
                 "as a checkpoint; save the model before preparing it, or load it again."
             )
         save_directory = Path(save_directory)
+        # huggingface_hub keeps an existing README.md; a card left from an earlier save would describe another model
+        (save_directory / "README.md").unlink(missing_ok=True)
         self.config.to_json(save_directory / CONFIG_NAME)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "clip-ebc"})

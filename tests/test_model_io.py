@@ -44,6 +44,15 @@ def test_checkpoint_files(converted_rn50, tmp_path):
     assert "library_name: clip-ebc" in card and "There are more than four people." in card
 
 
+def test_saving_again_rewrites_the_model_card(converted_rn50, converted_vit, tmp_path):
+    converted_rn50.save_pretrained(tmp_path)
+    assert "RN50" in (tmp_path / "README.md").read_text()
+    converted_vit.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "ViT-B-16" in card and "RN50" not in card
+    assert json.loads((tmp_path / "config.json").read_text())["backbone"] == "ViT-B-16"
+
+
 def _save_modified(model, path, change):
     model.save_pretrained(path)
     weights = load_file(str(path / "model.safetensors"))
