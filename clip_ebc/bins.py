@@ -101,7 +101,7 @@ def validate_bins(bins: Sequence[Sequence[float]]) -> tuple[Bin, ...]:
     """
     out: list[Bin] = []
     for i, b in enumerate(bins):
-        if len(b) != 2:
+        if isinstance(b, str) or not isinstance(b, Sequence) or len(b) != 2:
             raise ConfigError(f"bin {i} must be a pair (lo, hi), got {b!r}.")
         lo = float(b[0])
         hi = math.inf if b[1] is None else float(b[1])

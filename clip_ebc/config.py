@@ -358,14 +358,7 @@ class ModelConfig:
         missing = [n for n in ("backbone", "bins", "anchor_points") if n not in data]
         if missing:
             raise ConfigError(f"the model config is missing the required fields {missing}.")
-        kwargs = dict(data)
-        kwargs["bins"] = tuple((b[0], math.inf if b[1] is None else b[1]) for b in data["bins"])
-        for name in ("anchor_points", "prompts", "decoder_channels", "mean", "std"):
-            if kwargs.get(name) is not None:
-                kwargs[name] = tuple(kwargs[name])
-        if kwargs.get("clip") is not None:
-            kwargs["clip"] = ClipArchitecture.from_dict(kwargs["clip"])
-        return cls(**kwargs)
+        return cls(**data)  # __post_init__ turns JSON lists, null bin ends and the clip object into fields
 
     def to_json(self, path: str | Path | None = None) -> str:
         """Serialise to JSON; also write it to ``path`` when given."""

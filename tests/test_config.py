@@ -122,6 +122,13 @@ def test_from_dict_rejects_unknown_and_missing_fields():
         ModelConfig.from_json("{not json")
 
 
+@pytest.mark.parametrize("bins, message", [([[0], [1, None]], "bin 0 must be a pair \\(lo, hi\\), got \\[0\\]"),
+                                           ([0, [1, None]], "bin 0 must be a pair \\(lo, hi\\), got 0")])
+def test_from_dict_reports_malformed_bins(bins, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_dict({**rn50_config().to_dict(), "bins": bins, "anchor_points": [0, 1]})
+
+
 def test_clip_architecture_from_official_fields():
     fields = {"embed_dim": 16, "image_resolution": 224, "vision_layers": [1, 1, 1, 1], "vision_width": 4,
               "vision_patch_size": None, "context_length": 77, "vocab_size": 49408, "transformer_width": 4,
