@@ -288,6 +288,8 @@ def run(args) -> list[Row]:
         for size in args.sizes:
             height, width = (int(v) for v in size.split("x"))
             image = scene(height, width)
+            # every variant runs the same crops; count their FLOPs once, on the plain eager model
+            flops_per_image = model_flops(counters["eager-fp32"].model, _crops(counters["eager-fp32"], image))
             for batch in args.batches:
                 if batch > 1 and height * width > 2_000_000:
                     continue  # batches of big photos only repeat what one photo shows
@@ -301,8 +303,7 @@ def run(args) -> list[Row]:
                         fn()
                         print(f"{key} {size} {name}: first call (compiling) {time.perf_counter() - t:.1f} s", flush=True)
                     seconds, peak, cuda_peak, counts = time_runs(fn, repeats, device)
-                    crops = _crops(counter, image)
-                    flops = model_flops(counter.model, crops) * batch
+                    flops = flops_per_image * batch
                     dtype = counter.dtype
                     row = Row(key, size, batch, name, seconds, batch / seconds, peak, cuda_peak,
                               flops / seconds / 1e9, flops / seconds / 1e9 / peaks[dtype], counts[0])
