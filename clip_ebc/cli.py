@@ -20,9 +20,6 @@ import click
 from . import __version__
 from .errors import CLIPEBCError
 
-HEATMAP_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
 class _InputProblem:
     """An input argument that named no image (a missing file, an empty folder, an unmatched glob)."""
 
@@ -66,12 +63,13 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> list[Path | _Inpu
 
 def heatmap_targets(heatmap: Path | None, images: list[Path]) -> dict[Path, Path]:
     """Where each image's heatmap goes: ``heatmap`` itself for one image, else ``heatmap/<stem>_heatmap.png``."""
+    from .heatmap import FORMATS
     from .images import IMAGE_SUFFIXES
 
     if heatmap is None:
         return {}
     suffix = heatmap.suffix.lower()
-    if suffix in HEATMAP_SUFFIXES:
+    if suffix in FORMATS:
         if len(images) > 1:
             raise click.UsageError(f"--heatmap {heatmap} is a file name, but {len(images)} images were given; pass a directory.")
         return {images[0]: heatmap} if images else {}

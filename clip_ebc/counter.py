@@ -37,8 +37,8 @@ from .tiling import Crop, run_plans, tile_plan, whole_plan, window_plan
 RESNET_ALIGN = 32
 """ResNet inputs are padded to multiples of this, so tiles line up with the stride-32 grid."""
 CHUNK_PIXELS = 16_000_000
-"""Images are prepared (decoded, resized, normalised) in groups of at most this many pixels, or
-``batch_size`` images, whichever is reached first."""
+"""Images are prepared (decoded, resized, normalised) in groups of at most this many decoded pixels,
+or ``batch_size`` images, whichever is reached first (an image larger than this is a group of its own)."""
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
@@ -404,7 +404,7 @@ class CrowdCounter:
                     else tile_plan(ph, pw, self.tile_size, self.tile_margin, r))
         is_path = isinstance(source, (str, os.PathLike))
         keep = rgb if keep_image or not is_path else None  # in-memory images are always kept for heatmaps
-        return _Job(str(source) if is_path else describe(source), (height, width), x, plan, cells, valid, (h, w), keep)
+        return _Job(describe(source), (height, width), x, plan, cells, valid, (h, w), keep)
 
 
 def _round_up(value: int, multiple: int) -> int:

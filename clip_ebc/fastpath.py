@@ -119,14 +119,12 @@ def resolve_precision(precision: str | torch.dtype, device: torch.device) -> tor
     return dtype
 
 
-def prepare_for_inference(model: nn.Module, device: torch.device, *, channels_last: bool | None = None) -> nn.Module:
-    """Eval mode without gradients, BatchNorm folded, on ``device``; channels-last memory format for
-    convolution-heavy models on CPU and CUDA (``channels_last=None`` decides so)."""
+def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+    """Eval mode without gradients, BatchNorm folded, on ``device``; on CPU and CUDA the convolution
+    weights are also put in channels-last memory format (other tensors are unaffected)."""
     model = model.eval().requires_grad_(False)
     fold_batchnorm(model)
     model = model.to(device)
-    if channels_last is None:
-        channels_last = device.type in ("cpu", "cuda")
-    if channels_last:
+    if device.type in ("cpu", "cuda"):
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -91,7 +91,7 @@ def _load_path(path: Path, max_pixels: int | None) -> np.ndarray:
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path} is too large to decode safely ({e}); downscale it first.") from e
     except OSError as e:
-        if "truncated" in str(e).lower() or isinstance(e, SyntaxError):
+        if "truncated" in str(e).lower():
             raise ImageError(f"{path} is truncated or corrupt: {e}.") from e
         raise ImageError(f"{path} cannot be decoded: {e}.") from e
     except (SyntaxError, ValueError) as e:  # PIL raises these for some malformed files
