@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from scipy.io import savemat
 
+from clip_ebc.errors import ConfigError
 from clip_ebc.train.data import CrowdDataset, DatasetError, collate_crops, prepare_dataset, read_dataset
 from clip_ebc.train.transforms import Augmentation, TrainTransform
 
@@ -134,6 +135,16 @@ def test_prepare_writes_the_official_layout(tmp_path):
     assert not (tmp_path / "nwpu-dst" / "test" / "labels").exists()
     with Image.open(tmp_path / "nwpu-dst" / "val" / "images" / "1.jpg") as img:
         assert img.size == (736, 448)  # 100x60: 100 * 448/60 = 746.7 -> 736
+
+
+@pytest.mark.parametrize("sides, message", [(dict(max_side=1000), "max_side must be a positive multiple of 32.*got 1000"),
+                                            (dict(min_side=0), "min_side must be a positive multiple of 32.*got 0"),
+                                            (dict(min_side=512, max_side=448), r"max_side \(448\) must not be smaller")])
+def test_prepare_checks_the_side_limits(tmp_path, sides, message):
+    shanghaitech(tmp_path / "src", "A", {"train_data": [3], "test_data": [2]})
+    with pytest.raises(ConfigError, match=message):
+        prepare_dataset("sha", tmp_path / "src", tmp_path / "dst", strict=False, **sides)
+    assert not (tmp_path / "dst").exists()  # checked before anything is read or written
 
 
 def test_crowd_dataset_items(tmp_path):

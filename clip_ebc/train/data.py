@@ -38,9 +38,9 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import CLIPEBCError
+from ..errors import CLIPEBCError, ConfigError
 from ..images import IMAGE_SUFFIXES, load_image
-from ..preprocess import DATASET_MAX_SIDE, MIN_SIDE, resize_uint8, snapped_size
+from ..preprocess import DATASET_MAX_SIDE, MIN_SIDE, SNAP, resize_uint8, snapped_size
 from .targets import block_counts
 
 DATASETS = ("sha", "shb", "qnrf", "nwpu", "jhu", "custom")
@@ -323,6 +323,11 @@ def prepare_dataset(
     docstring); ``max_side`` defaults to the official limit of the dataset. A split folder that already
     holds files is an error unless ``overwrite``, which empties it first (stale files would mix into
     the new split). Returns images per split."""
+    for label, side in (("min_side", min_side), ("max_side", max_side)):
+        if side is not None and (side < SNAP or side % SNAP):
+            raise ConfigError(f"{label} must be a positive multiple of {SNAP} (processed sides are), got {side}.")
+    if max_side is not None and max_side < min_side:
+        raise ConfigError(f"max_side ({max_side}) must not be smaller than min_side ({min_side}).")
     dst = Path(dst)
     occupied = [dst / split for split in ("train", "val", "test") if (dst / split).is_dir() and any((dst / split).iterdir())]
     if occupied and not overwrite:

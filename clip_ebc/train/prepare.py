@@ -40,8 +40,6 @@ def main(dataset, src, dst, min_side, max_side, check, partial, overwrite, val_f
                 people = sum(len(s.points) for s in samples if s.points is not None)
                 click.echo(f"{dataset} {split}: {len(samples)} images" + (f", {people} annotated people" if people else ""))
             return
-        if max_side is not None and max_side % 32:
-            raise click.UsageError("--max-side must be a multiple of 32.")
         with click.progressbar(length=1, label="reading", file=sys.stderr) as bar:
             state = {"split": None}
 
