@@ -11,6 +11,7 @@ the epoch and the sample, and every random-number state is saved).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -170,20 +171,17 @@ def _distributed(device_choice: str) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_choice.startswith("cuda") or (device_choice == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError(f"device {device_choice!r} was requested, but CUDA is not available here.")
-    if world > 1:
-        device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-        if use_cuda:
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            # the other processes wait while rank 0 evaluates and writes checkpoints: allow for that
-            dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=2))
-    else:
-        from ..counter import select_device
+    from ..counter import select_device  # checks that the device exists
 
-        device = select_device(device_choice if device_choice != "auto" else ("cuda" if use_cuda else "cpu"))
+    use_cuda = device_choice.startswith("cuda") or (device_choice == "auto" and torch.cuda.is_available())
+    if world == 1:
+        return rank, world, select_device(device_choice if device_choice != "auto" else ("cuda" if use_cuda else "cpu"))
+    device = select_device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        # the other processes wait while rank 0 evaluates and writes checkpoints: allow for that
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=2))
     return rank, world, device
 
 
@@ -436,9 +434,12 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
         journal.write({"event": "config", "config": config.to_dict(), "model": model_config.to_dict(),
                        "world_size": world, "device": str(device), "clip_ebc": __version__})
 
+    def validate() -> dict[str, float]:
+        return evaluate(model, val_set, sliding_window=config.sliding_window, window=config.window,
+                        stride=config.stride, device=device)
+
     if config.eval_before_training and main_process and not resuming:
-        scores = evaluate(model, val_set, sliding_window=config.sliding_window, window=config.window,
-                          stride=config.stride, device=device)
+        scores = validate()
         record0 = {"epoch": 0, **{k: scores[k] for k in ("mae", "rmse", "nae")}}
         history.append(record0)
         journal.write(record0)
@@ -457,8 +458,7 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
                 dist.broadcast(buffer, 0)
         if main_process:
             if epoch >= config.eval_start and (epoch - config.eval_start) % config.eval_freq == 0:
-                scores = evaluate(model, val_set, sliding_window=config.sliding_window, window=config.window,
-                                  stride=config.stride, device=device)
+                scores = validate()
                 record.update({k: scores[k] for k in ("mae", "rmse", "nae")})
                 _keep_best(model, output, best, epoch, scores, config.save_best_k)
                 log.info("epoch %d: MAE %.2f RMSE %.2f (best MAE %.2f)", epoch, scores["mae"], scores["rmse"], best["mae"][0][0])
@@ -545,14 +545,13 @@ def _train_epoch(model, loader, loss_fn, optimizer, scaler, device, amp, amp_dty
     sums: dict[str, float] = {}
     steps = 0
     started = time.perf_counter()
-    batches = loader
-    bar = None
     if show:
         import click
 
-        bar = click.progressbar(loader, length=len(loader), label=f"epoch {epoch}/{total}", file=sys.stderr)
-        batches = bar.__enter__()
-    try:
+        progress = click.progressbar(loader, length=len(loader), label=f"epoch {epoch}/{total}", file=sys.stderr)
+    else:
+        progress = contextlib.nullcontext(loader)
+    with progress as batches:
         for images, points, counts in batches:
             images = images.to(device, non_blocking=True)
             counts = counts.to(device, non_blocking=True)
@@ -567,9 +566,6 @@ def _train_epoch(model, loader, loss_fn, optimizer, scaler, device, amp, amp_dty
             for key, value in info.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             steps += 1
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
     record: dict[str, Any] = {"epoch": epoch, "steps": steps, "seconds": time.perf_counter() - started}
     record.update({k: v / max(steps, 1) for k, v in sums.items()})
     return record
