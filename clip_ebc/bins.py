@@ -30,6 +30,24 @@ GRANULARITIES: tuple[str, ...] = ("fine", "dynamic", "coarse")
 PROMPT_TYPES: tuple[str, ...] = ("word", "number")
 ANCHOR_KINDS: tuple[str, ...] = ("average", "middle")
 DATASETS: tuple[str, ...] = ("sha", "shb", "nwpu", "qnrf", "jhu")
+_DATASET_ALIASES: dict[str, str] = {
+    "shanghaitech_a": "sha", "shanghaitech_b": "shb", "ucf_qnrf": "qnrf", "ucf-qnrf": "qnrf",
+    "nwpu_crowd": "nwpu", "nwpu-crowd": "nwpu", "jhu_crowd": "jhu", "jhu_crowd_v2": "jhu",
+}
+
+
+def dataset_name(name: str) -> str:
+    """The short name (``sha``, ``shb``, ``nwpu``, ``qnrf`` or ``jhu``) of a public dataset, accepting
+    the official code's aliases in any case ("ShanghaiTech_A", "UCF-QNRF", "jhu_crowd_v2", ...)."""
+    key = str(name).strip().lower()
+    if key in DATASETS:
+        return key
+    if key in _DATASET_ALIASES:
+        return _DATASET_ALIASES[key]
+    raise ConfigError(
+        f"unknown dataset {name!r}; the public datasets are {', '.join(DATASETS)} "
+        f"(or {', '.join(sorted(_DATASET_ALIASES))})."
+    )
 
 # --------------------------------------------------------------------------------------------------
 # Prompts
@@ -266,6 +284,7 @@ def official_anchor_points(
     """
     if kind not in ANCHOR_KINDS:
         raise ConfigError(f"anchor kind must be 'average' or 'middle', got {kind!r}.")
+    dataset = dataset_name(dataset)
     by_ds = _official_entry(reduction, truncation, granularity, dataset)
     bins = make_bins(truncation, granularity)
     if kind == "middle":

@@ -100,6 +100,9 @@ def test_official_anchor_points():
     assert official_anchor_points(8, 2, "nwpu") == [0, 1, 2.10737]
     assert official_anchor_points(8, 11, "qnrf") == list(range(12))
     assert official_anchor_points(8, 4, "sha", kind="middle") == [0, 1, 2, 3, 4]
+    # the official code's dataset aliases, in any case
+    assert official_anchor_points(8, 4, "ShanghaiTech_A") == official_anchor_points(8, 4, "sha")
+    assert official_anchor_points(8, 2, "UCF-QNRF") == [0, 1, 2.09296]
     assert official_anchor_points(16, 8, "qnrf", "dynamic") == [0, 1, 2, 3, 4.29278, 6.31441, 9.23349]
     assert official_anchor_points(16, 8, "qnrf", "dynamic", "middle") == [0, 1, 2, 3, 4.5, 6.5, 8]
     assert official_anchor_points(16, 8, "qnrf", "coarse") == [0, 1.14978, 3.27641, 5.30609, 8.11466]
@@ -120,6 +123,7 @@ def test_official_anchor_points():
         (lambda: official_bins(8, 4, "coarse"), r"only \['fine'\] granularity"),
         (lambda: official_anchor_points(16, 8, "sha"), "no anchor points for dataset 'sha'"),
         (lambda: official_anchor_points(8, 4, "sha", kind="mean"), "anchor kind must be"),
+        (lambda: official_anchor_points(8, 4, "shanghaitech"), "unknown dataset 'shanghaitech'; the public datasets are sha, shb"),
         (lambda: make_bins(4, "medium"), "granularity must be one of"),
         (lambda: make_bins(0), "truncation must be a positive integer"),
     ],

@@ -179,3 +179,27 @@ def test_train_config_builds_and_checks_its_augmentation():
     assert augmentation.blur == "isotropic" and augmentation.flip_prob == 0.5
     with pytest.raises(ConfigError, match="need 0 < min_scale <= max_scale, got 3 and 2.0"):
         TrainConfig(data_root="x", min_scale=3)
+
+
+def test_train_config_accepts_the_official_dataset_aliases():
+    assert TrainConfig(data_root="x", dataset="ShanghaiTech_A").dataset == "sha"
+    assert TrainConfig(data_root="x", dataset="UCF-QNRF").dataset == "qnrf"
+    assert TrainConfig(data_root="x", dataset="").dataset == ""  # own data: anchors from the training set
+    with pytest.raises(ConfigError, match="unknown dataset 'shanghai'; the public datasets are sha, shb, nwpu, qnrf, jhu"):
+        TrainConfig(data_root="x", dataset="shanghai")
+
+
+def test_resume_forgets_best_checkpoints_whose_folders_are_gone(tmp_path):
+    """The interrupted run evaluated epochs after its last resume file and pushed epoch 20's folder out:
+    after resuming, the ranking must not name it (the replayed epochs may score differently on a GPU)."""
+    from clip_ebc.train.trainer import _reconcile_after_resume
+
+    for name, epoch in (("best_mae_0", 15), ("best_mae_1", 18), ("best_mae_2", 22)):  # 22: after the resume file
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"provenance": {"epoch": epoch}}))
+    best = {"mae": [(10.0, 15), (11.0, 18), (12.0, 20)], "rmse": []}
+    _reconcile_after_resume(tmp_path, best, epoch=20)
+    assert best["mae"] == [(10.0, 15), (11.0, 18)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_mae_0", "best_mae_1"]
+    for i, epoch in enumerate((15, 18)):
+        assert json.loads((tmp_path / f"best_mae_{i}" / "config.json").read_text())["provenance"]["epoch"] == epoch

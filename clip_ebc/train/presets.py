@@ -23,8 +23,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vit_b16.nwpu": {**_VIT, "dataset": "nwpu"},
     "vit_b16.sha": {**_VIT, "dataset": "sha"},
     "vit_b16.qnrf": {**_VIT, "dataset": "qnrf"},
-    # Fine-tune a released model on your own images: a short schedule that starts at a small learning
-    # rate (no warm-up from scratch) and evaluates from the first epoch.
+    # Fine-tune a released model on your own images: a short schedule with a small learning rate, a
+    # two-epoch warm-up instead of fifty, and evaluation from the first epoch.
     "finetune": dict(init="vit_b16.nwpu", input_size=224, dataset=None, count_loss="dmcount", batch_size=8,
                      lr=2e-5, warmup_epochs=2, warmup_lr=1e-6, total_epochs=60, eval_start=1, save_freq=5, T_0=10),
 }

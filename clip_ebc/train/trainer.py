@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import __version__
-from ..bins import make_bins, middle_anchor_points, official_anchor_points
+from ..bins import dataset_name, make_bins, middle_anchor_points, official_anchor_points
 from ..config import ClipArchitecture, ModelConfig, canonical_backbone
 from ..errors import ConfigError
 from ..model import CLIPEBC
@@ -112,7 +112,7 @@ class TrainConfig:
     save_best_k: int = 3
 
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda; under torchrun each process uses cuda:LOCAL_RANK"))
-    num_workers: int = 4
+    num_workers: int = field(default=4, metadata=_help("data-loading processes per machine, shared by its training processes"))
     seed: int = 42
     resume: bool = field(default=False, metadata=_help("continue from output_dir/resume.pt"))
     progress: bool = field(default=True, metadata=_help("show a progress bar per epoch"))
@@ -125,6 +125,8 @@ class TrainConfig:
         for name in ("batch_size", "total_epochs", "num_crops", "eval_freq", "save_freq", "T_0", "T_mult"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.dataset:
+            self.dataset = dataset_name(self.dataset)
         self.augmentation()  # checks the augmentation settings now, not after the model is built
 
     def augmentation(self) -> Augmentation:
@@ -203,8 +205,8 @@ def _anchor_values(config: TrainConfig, bins) -> tuple[list[float], str]:
     if config.dataset:
         try:
             return official_anchor_points(config.reduction, config.truncation, config.dataset, config.granularity), "official average"  # type: ignore[arg-type]
-        except ConfigError:
-            pass
+        except ConfigError as e:
+            log.warning("%s Computing the average anchor points from the training set instead.", e)
     from .data import CrowdDataset, anchor_samples
     from .targets import dataset_anchor_points
 
@@ -375,6 +377,8 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
         log.warning("no resume file at %s; starting from the beginning", resume_path)
 
     _seed_everything(config.seed + rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as upstream: fixed crop sizes, faster, not bit-reproducible
     if world > 1 and not main_process:
         dist.barrier()  # let rank 0 download the CLIP weights alone
     model = build_model(config).to(device)
@@ -394,7 +398,8 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
     val_set = CrowdDataset(config.data_root, "val", mean=model_config.mean, std=model_config.std) if main_process else None
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
     per_process = max(1, config.batch_size // world)
-    loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, num_workers=config.num_workers,
+    workers = config.num_workers // int(os.environ.get("LOCAL_WORLD_SIZE", world))  # as upstream
+    loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, num_workers=workers,
                         collate_fn=collate_crops, pin_memory=device.type == "cuda")
 
     loss_fn = DACELoss(model_config.bins, model_config.reduction, count_loss=config.count_loss,
@@ -414,7 +419,8 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not scaler.is_enabled():  # a CPU run saved no scaler state: start a fresh one
+            scaler.load_state_dict(state["scaler"])
         start_epoch, history = int(state["epoch"]) + 1, list(state["history"])
         best = {k: [tuple(x) for x in v] for k, v in state["best"].items()}
         rng = state["rng"]
@@ -453,7 +459,7 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
         record["lr"] = optimizer.param_groups[0]["lr"]
         scheduler.step()
         if world > 1:
-            _average_record(record, world)
+            _average_record(record, world, device)
             for buffer in model.buffers():  # BatchNorm statistics: every process keeps rank 0's
                 dist.broadcast(buffer, 0)
         if main_process:
@@ -527,9 +533,10 @@ def _reconcile_after_resume(output: Path, best: dict[str, list[tuple[float, int]
             parked = output / f".{folder.name}.e{saved_epoch}"
             os.replace(folder, parked)
             by_epoch[saved_epoch] = parked
+        # an entry whose folder a later evaluation of the interrupted run pushed out cannot be restored
+        ranked[:] = [entry for entry in ranked if entry[1] in by_epoch]
         for i, (_, kept) in enumerate(ranked):
-            if kept in by_epoch:
-                os.replace(by_epoch.pop(kept), output / f"best_{metric}_{i}")
+            os.replace(by_epoch.pop(kept), output / f"best_{metric}_{i}")
         for leftover in by_epoch.values():
             shutil.rmtree(leftover, ignore_errors=True)
     log_path = output / LOG_NAME
@@ -571,9 +578,10 @@ def _train_epoch(model, loader, loss_fn, optimizer, scaler, device, amp, amp_dty
     return record
 
 
-def _average_record(record: dict[str, Any], world: int) -> None:
+def _average_record(record: dict[str, Any], world: int, device: torch.device) -> None:
     keys = sorted(k for k, v in record.items() if k.endswith("loss"))
-    values = torch.tensor([float(record[k]) for k in keys], dtype=torch.float64)
+    # on the training device: NCCL reduces CUDA tensors only
+    values = torch.tensor([float(record[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(values)
     for key, value in zip(keys, (values / world).tolist()):
         record[key] = value
