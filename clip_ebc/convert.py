@@ -16,6 +16,7 @@ from flags otherwise (``--help`` lists them).
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -213,7 +214,7 @@ _RUN_NAME = re.compile(
     r"_(?P<reduction>\d+)"
     r"_(?P<truncation>\d+)"
     r"_(?P<granularity>fine|dynamic|coarse)(?:_(?:fine|dynamic|coarse))?"  # one upstream run says fine_fine
-    r"_(?P<weight_count_loss>\d+(?:\.\d+)?)"
+    r"_(?P<weight_count_loss>\d+(?:\.\d+)?(?:e[-+]?\d+)?)"  # str(float): 1.0, 0.5, 1e-05
     r"_(?P<count_loss>dmcount|mae|mse)"
     r"(?P<augmented>_aug)?$"
 )
@@ -268,9 +269,10 @@ def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
             "(or ckpt.pth) file of an official run."
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with _numpy_scalars_allowed():
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = _load_failure_reason(e)
         raise ConversionError(
             f"{path} cannot be read as a PyTorch checkpoint with weights_only=True ({reason})."
         ) from e
@@ -282,6 +284,30 @@ def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
             "tensors), nor a resume checkpoint with 'model_state_dict'."
         )
     return dict(obj)
+
+
+def _numpy_scalars_allowed():
+    """Let ``weights_only`` loading rebuild NumPy scalars and dtypes (data, not code): the official
+    trainer stores ``np.float64`` losses and scores next to the weights in its resume ``ckpt.pth``."""
+    import contextlib
+
+    import numpy as np
+
+    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5
+        return contextlib.nullcontext()
+    multiarray = getattr(np, "_core", None) or np.core
+    kinds = (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint8, np.bool_)
+    allowed = [multiarray.multiarray.scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
+    return torch.serialization.safe_globals(allowed)
+
+
+def _load_failure_reason(error: Exception) -> str:
+    """The informative line of a ``torch.load`` error (its first lines are generic advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported global" in line or "Unsupported operand" in line:
+            return line.split(" Please use ")[0]  # torch's advice is to trust the file, which we do not
+    return re.sub(r"\x1b\[[0-9;]*m", "", lines[0]) if lines else type(error).__name__
 
 
 def convert_file(
@@ -309,6 +335,8 @@ def convert_file(
     src = Path(src)
     state = load_official_state_dict(src)  # first, so that a file that is no checkpoint says so
     parsed: dict[str, Any] = {}
+    # the folders the path names, not where a link points (git-annex, DVC and Hub snapshots link to blobs)
+    run_dir = Path(os.path.abspath(src)).parent
     if run_name is not None:
         found = parse_run_name(run_name)
         if found is None:
@@ -319,11 +347,11 @@ def convert_file(
             )
         parsed = found
     else:
-        parsed = parse_run_name(src.resolve().parent.name) or {}
+        parsed = parse_run_name(run_dir.name) or {}
         if parsed:
-            run_name = src.resolve().parent.name
-    if dataset is None and src.resolve().parent.parent.name in DATASETS and parsed:
-        dataset = src.resolve().parent.parent.name
+            run_name = run_dir.name
+    if dataset is None and parsed and run_dir.parent.name in DATASETS:
+        dataset = run_dir.parent.name
 
     def pick(given, key, default=None):
         return given if given is not None else parsed.get(key, default)

@@ -5,6 +5,7 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -26,6 +27,7 @@ RN50_RUN = "clip_resnet50_word_448_8_4_fine_1.0_dmcount_aug"
         ("clip_vit_b_16_word_256_8_4_fine_fine_1.0_dmcount_aug", dict(input_size=256, granularity="fine")),
         ("clip_resnet101_word_448_16_8_dynamic_0.5_mae", dict(backbone="RN101", reduction=16, truncation=8,
                                                              granularity="dynamic", count_loss="mae")),
+        ("clip_resnet50_word_448_8_4_fine_1e-05_dmcount", dict(weight_count_loss=1e-5)),  # str(1e-5) upstream
     ],
 )
 def test_parse_run_name(name, expected):
@@ -59,12 +61,34 @@ def test_convert_file_reads_run_directory(tmp_path, official_rn50, converted_rn5
         assert torch.equal(model(official_rn50.io["input"]).density, official_rn50.io["output"])
 
 
+def test_run_name_is_read_from_the_folder_a_link_is_in(tmp_path, official_rn50):
+    """Annexed or Hub-cached files are links to content-addressed blobs: the run name is where the link is."""
+    blob = tmp_path / "blobs" / "0f3a9c"
+    blob.parent.mkdir()
+    torch.save(official_rn50.state_dict, blob)
+    link = official_run_dir(tmp_path, official_rn50) / "best_mae.pth"
+    link.symlink_to(blob)
+    model = convert_file(link, clip_config=official_rn50.meta["clip_config"])
+    assert model.config.provenance["run_name"] == RN50_RUN and model.config.provenance["dataset"] == "sha"
+
+
 def test_resume_checkpoint_and_ddp_prefix(tmp_path, official_rn50):
+    """A ckpt.pth as the official trainer writes it: real optimizer, scheduler and scaler states, and
+    NumPy float64 losses and scores, which plain weights_only loading refuses."""
+    weights = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([weights], lr=1e-4, weight_decay=1e-4)
+    (weights**2).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
     resume = {
         "epoch": 105,
         "model_state_dict": {"module." + k: v for k, v in official_rn50.state_dict.items()},
-        "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4}]},
-        "best_scores": {"mae": [55.0]},
+        "optimizer_state_dict": optimizer.state_dict(),
+        "scheduler_state_dict": scheduler.state_dict(),
+        "grad_scaler_state_dict": torch.amp.GradScaler("cuda", enabled=False).state_dict(),
+        "loss_info": {"loss": np.mean([1.0, 2.0]), "count_loss": np.float32(0.5)},
+        "hist_scores": {"mae": [np.float64(55.0)], "rmse": [np.sqrt(np.float64(4.0))]},
+        "best_scores": {"mae": [np.float64(55.0), float("inf"), float("inf")], "rmse": [float("inf")] * 3},
     }
     path = official_run_dir(tmp_path, official_rn50) / "ckpt.pth"
     torch.save(resume, path)
@@ -140,7 +164,8 @@ def test_cli_bad_inputs(tmp_path, official_rn50):
     with unsafe.open("wb") as f:  # an old-style pickle of an arbitrary object: weights_only refuses it
         pickle.dump({"x": object()}, f, protocol=2)
     code, output = run_cli([unsafe, *flags])
-    assert code == 1 and "weights_only=True" in output
+    assert code == 1 and "weights_only=True (WeightsUnpickler error: Unsupported global" in output
+    assert "add_safe_globals" not in output  # torch's advice to trust the file is not passed on
 
     # tiny weights against the real RN50 architecture (no --clip-config): shapes do not fit
     tiny = tmp_path / "tiny.pth"
