@@ -19,11 +19,13 @@ moves the converted-weights cache; ``HF_ENDPOINT`` and ``HF_HOME`` work as in ``
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import http.client
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
@@ -33,6 +35,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +55,8 @@ MAX_ARCHIVE_BYTES = 8 << 30
 """Largest release archive that is downloaded (8 GiB)."""
 MAX_MEMBER_BYTES = 4 << 30
 """Largest checkpoint extracted from an archive (4 GiB; official checkpoints are 0.5-0.7 GB)."""
+MAX_MEMBERS = 10_000
+"""Most entries an archive may have (an official release has a handful)."""
 HF_PREFIX = "hf-hub:"
 
 
@@ -172,15 +177,34 @@ def _load_manifest(path: Path) -> Manifest:
     try:
         for name, entry in data["models"].items():
             entry = dict(entry)
-            sources = tuple(Source(**s) for s in entry.pop("sources", []))
+            sources = tuple(_checked_source(Source(**s), name) for s in entry.pop("sources", []))
             entry["metrics"] = tuple(entry.get("metrics", []))
             models[name] = ModelInfo(name=name, sources=sources, **entry)
-        default = data["default"]
-    except (KeyError, TypeError) as e:
+        default = str(data["default"])
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise ModelNotFoundError(f"the weights manifest {path} is malformed ({type(e).__name__}: {e}).") from e
     if default not in models:
         raise ModelNotFoundError(f"the weights manifest {path} names a default model {default!r} it does not define.")
     return Manifest(default=default, models=models, path=path)
+
+
+def _checked_source(source: Source, name: str) -> Source:
+    """``source`` with lower-case checksums; a checksum that is not SHA-256 hex, or a Hub revision that
+    is not a commit hash (a branch would move, and a warm start would have to ask the Hub), is an error."""
+    def digest(value: str | None, what: str) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", str(value)):
+            raise ValueError(f"{name}: {what} {value!r} is not a SHA-256 hex digest")
+        return str(value).lower()
+
+    if source.revision is not None and not re.fullmatch(r"[0-9a-f]{40}", str(source.revision)):
+        raise ValueError(f"{name}: revision {source.revision!r} of {source.repo_id} is not a 40-digit commit hash")
+    return dataclasses.replace(
+        source,
+        sha256=digest(source.sha256, "sha256"),
+        files={f: digest(v, f"checksum of {f}") for f, v in dict(source.files).items() if v is not None},
+    )
 
 
 def list_models() -> list[ModelInfo]:
@@ -287,7 +311,10 @@ def resolve_model(
     text = str(spec)
     if text.startswith(HF_PREFIX):
         repo_id, revision = parse_hf_id(text)
-        files = _fetch_hf(repo_id, revision, {}, name=text, cache_dir=cache_dir, offline=offline_mode(offline))
+        try:
+            files = _fetch_hf(repo_id, revision, {}, name=text, cache_dir=cache_dir, offline=offline_mode(offline))
+        except _MissingFromCache as e:
+            raise _offline_hint(e, text, cache_dir) from e
         return ResolvedModel(text, files[CONFIG_NAME], files[WEIGHTS_NAME])
     path = Path(spec)
     if path.is_dir():
@@ -388,12 +415,27 @@ def fetch_hub_checkpoint(
     token: str | bool | None = None,
 ) -> dict[str, Path]:
     """``config.json`` and ``model.safetensors`` of a Hub repository, from the cache or downloaded."""
-    return _fetch_hf(repo_id, revision, {}, name=repo_id, cache_dir=cache_dir, offline=offline_mode(offline),
-                     force_download=force_download, token=token)
+    try:
+        return _fetch_hf(repo_id, revision, {}, name=repo_id, cache_dir=cache_dir, offline=offline_mode(offline),
+                         force_download=force_download, token=token)
+    except _MissingFromCache as e:
+        raise _offline_hint(e, f"{HF_PREFIX}{repo_id}" + (f"@{revision}" if revision else ""), cache_dir) from e
 
 
 class _NotCached(Exception):
     """A Hub file asked for offline is not in the cache."""
+
+
+class _MissingFromCache(DownloadError):
+    """Offline, and the Hub files are not in the cache (the caller adds how to get them)."""
+
+
+def _offline_hint(error: _MissingFromCache, spec: str, cache_dir) -> DownloadError:
+    return DownloadError(
+        f"{error} On a machine with internet access run `crowdcount --download {spec}`, then copy the Hugging "
+        f"Face cache ({_hf_cache_dir(cache_dir) or '~/.cache/huggingface/hub'}) to this machine; or allow "
+        "network access (unset HF_HUB_OFFLINE)."
+    )
 
 
 def _fetch_hf(
@@ -441,7 +483,7 @@ def _fetch_hf(
             except _NotCached:
                 missing.append(filename)
         if missing:
-            raise DownloadError(
+            raise _MissingFromCache(
                 f"{' and '.join(missing)} of {repo_id}@{revision or 'main'} "
                 f"{'is' if len(missing) == 1 else 'are'} not in the Hugging Face cache."
             )
@@ -563,7 +605,8 @@ def convert_for(info: ModelInfo, checkpoint: Path, **provenance: Any):
 
 def _store_converted(info: ModelInfo, source: Source, model, record: dict[str, Any]) -> Path:
     """Save a converted model into the cache atomically, with the checksums of its files and what it
-    was made from. If another process stored a good copy meanwhile, that copy is used."""
+    was made from. If another process has stored a good copy meanwhile, that copy is kept and used:
+    it may be being read."""
     final = converted_dir(info.name)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{info.name}-", dir=final.parent))
@@ -571,17 +614,19 @@ def _store_converted(info: ModelInfo, source: Source, model, record: dict[str, A
         model.save_pretrained(staging)
         record = {**record, "files": {f: sha256_file(staging / f) for f in CHECKPOINT_FILES}, "model": info.name}
         (staging / CHECKSUMS_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.replace(staging, final)
-        except OSError as e:  # another process filled `final` between the two calls
-            ready = _verified_converted(info, source)
-            if ready is None:
-                raise DownloadError(f"cannot store the converted copy of {info.name} in {final}: {e}.") from e
-            return ready
+        for _ in range(3):
+            ready = _verified_converted(info, source)  # removes a bad or stale copy
+            if ready is not None:
+                return ready
+            shutil.rmtree(final, ignore_errors=True)  # leftovers without a checksum record: nothing loads them
+            try:
+                os.replace(staging, final)  # atomic; fails if another process has just filled `final`
+                return final
+            except OSError as e:
+                error = e
+        raise DownloadError(f"cannot store the converted copy of {info.name} in {final}: {error}.")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return final
 
 
 def download_url(url: str, dest: Path, *, progress: bool = True, max_bytes: int = MAX_ARCHIVE_BYTES) -> str:
@@ -624,7 +669,22 @@ def _progress(total: int | None, label: str, *, enabled: bool) -> Iterator[Any]:
         return
     import click
 
-    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=total is None) as bar:
+    if total is None:  # the server sent no Content-Length: count megabytes instead of drawing a bar
+        received = 0
+        interactive = sys.stderr.isatty()
+
+        def update(n: int) -> None:
+            nonlocal received
+            before, received = received, received + n
+            if interactive and before >> 23 != received >> 23:  # every 8 MiB
+                click.echo(f"\r{label}: {received / 2**20:,.0f} MiB", file=sys.stderr, nl=False)
+
+        click.echo(label + ("" if interactive else " ..."), file=sys.stderr, nl=not interactive)
+        yield update
+        if interactive:
+            click.echo(f"\r{label}: {received / 2**20:,.1f} MiB", file=sys.stderr)
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
         yield bar.update
 
 
@@ -633,13 +693,27 @@ def extract_checkpoint(archive: Path, member: str | None, dest: Path, *, max_byt
 
     Only the selected member's bytes are read; no path from the archive is ever created on disk, so
     path traversal, links and device files cannot do harm. ``member`` is matched by file name; ``None``
-    picks the archive's only ``.pth``/``.pt`` file. Members over ``max_bytes`` are refused.
+    picks the archive's only ``.pth``/``.pt`` file. Members over ``max_bytes`` are refused, and so are
+    archives of more than ``MAX_MEMBERS`` entries. A damaged archive raises :class:`DownloadError`.
     """
     if archive.suffix in (".pth", ".pt", ".safetensors"):
         return archive  # a bare checkpoint, not an archive
+    try:
+        return _extract(archive, member, dest, max_bytes)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as e:
+        raise DownloadError(f"{archive.name} is damaged or incomplete ({type(e).__name__}: {e}); "
+                            "delete it and download it again.") from e
+
+
+def _extract(archive: Path, member: str | None, dest: Path, max_bytes: int) -> Path:
     if tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if m.isfile()]
+            members = []
+            for entry in tar:  # headers are read one by one: stop early on an archive of countless entries
+                if len(members) >= MAX_MEMBERS:
+                    raise DownloadError(f"{archive.name} has more than {MAX_MEMBERS:,} entries; refusing it.")
+                members.append(entry)
+            members = [m for m in members if m.isfile()]
             chosen = _choose_member(archive, [(m.name, m) for m in members], member)
             if chosen.size > max_bytes:
                 raise DownloadError(f"{chosen.name} in {archive.name} is {chosen.size:,} bytes, over the {max_bytes:,}-byte limit.")
@@ -648,6 +722,8 @@ def extract_checkpoint(archive: Path, member: str | None, dest: Path, *, max_byt
         return dest
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
+            if len(zf.infolist()) > MAX_MEMBERS:
+                raise DownloadError(f"{archive.name} has more than {MAX_MEMBERS:,} entries; refusing it.")
             infos = [i for i in zf.infolist() if not i.is_dir()]
             if any(i.filename.endswith("/data.pkl") for i in infos) and not any(
                 i.filename.endswith((".pth", ".pt")) for i in infos

@@ -56,11 +56,15 @@ class _Server:
         return sum(1 for m, _ in self.requests if method is None or m == method)
 
     @staticmethod
-    def send(handler, status: int, body: bytes = b"", headers: Mapping[str, str] | None = None, head: bool = False) -> None:
+    def send(handler, status: int, body: bytes = b"", headers: Mapping[str, str] | None = None, head: bool = False,
+             sized: bool = True) -> None:
+        """Answer with ``body``; ``sized=False`` leaves out Content-Length (the body ends when the
+        connection closes, as HTTP/1.0 allows)."""
         handler.send_response(status)
         for k, v in (headers or {}).items():
             handler.send_header(k, v)
-        handler.send_header("Content-Length", str(len(body)))
+        if sized:
+            handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         if not head:
             handler.wfile.write(body)
@@ -101,11 +105,13 @@ class HubServer(_Server):
 
 
 class ReleaseServer(_Server):
-    """assets: {"/owner/repo/releases/download/tag/name": bytes}; asset URLs redirect to /storage/..."""
+    """assets: {"/owner/repo/releases/download/tag/name": bytes}; asset URLs redirect to /storage/...
+    ``unsized``: asset paths whose bytes are sent without a Content-Length header."""
 
-    def __init__(self, assets: dict[str, bytes]):
+    def __init__(self, assets: dict[str, bytes], unsized: frozenset[str] = frozenset()):
         super().__init__()
         self.assets = assets
+        self.unsized = unsized
 
     def handle(self, handler, head: bool) -> None:
         path = unquote(handler.path.split("?", 1)[0])
@@ -113,7 +119,8 @@ class ReleaseServer(_Server):
             body = self.assets.get(path[len("/storage"):])
             if body is None:
                 return self.send(handler, 404, b"Not Found", head=head)
-            return self.send(handler, 200, body, {"Content-Type": "application/octet-stream"}, head)
+            return self.send(handler, 200, body, {"Content-Type": "application/octet-stream"}, head,
+                             sized=path[len("/storage"):] not in self.unsized)
         if path in self.assets:
             return self.send(handler, 302, b"", {"Location": f"{self.url}/storage{path}"}, head)
         return self.send(handler, 404, b"Not Found", head=head)

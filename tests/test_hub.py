@@ -68,7 +68,7 @@ def check_parity(config_file, weights_file, official_rn50):
 
     model = load_checkpoint(config_file, weights_file)
     with torch.no_grad():
-        assert torch.equal(model(official_rn50.io["input"]).density, official_rn50.io["output"])
+        torch.testing.assert_close(model(official_rn50.io["input"]).density, official_rn50.io["output"], rtol=0, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ the manifest
@@ -206,6 +206,11 @@ def test_offline_cold_cache_names_the_missing_files_and_the_fix(env, hub_server,
     message = str(info.value)
     assert "config.json and model.safetensors of clip-ebc/tiny-rn50@" + COMMIT_NEW + " are not in the Hugging Face cache" in message
     assert "crowdcount --download rn50.tiny" in message
+    spec = f"hf-hub:clip-ebc/tiny-rn50@{COMMIT_NEW}"
+    with pytest.raises(DownloadError, match=f"On a machine with internet access run `crowdcount --download {spec}`"):
+        resolve_model(spec)
+    with pytest.raises(DownloadError, match=f"run `crowdcount --download {spec}`, then copy the Hugging Face cache"):
+        CLIPEBC.from_pretrained("clip-ebc/tiny-rn50", revision=COMMIT_NEW)
     assert hub_server.requests == []
 
 
@@ -270,6 +275,43 @@ def test_sources_are_tried_in_order(env, hub_server, release_server, official_rn
     resolved = resolve_model("rn50.tiny", progress=False)
     check_parity(resolved.config_file, resolved.weights_file, official_rn50)
     assert "the Hub repository clip-ebc/x does not exist or is private" in caplog.text
+
+
+def test_damaged_release_falls_through_to_the_next_source(env, official_pth, official_rn50, caplog):
+    good = make_tgz({"NWPU_TINY_RN50_Word_mae/best_mae_0.pth": official_pth})
+    assets = {"/a/r/releases/download/v1/cut.tgz": good[: len(good) * 6 // 10], "/a/r/releases/download/v1/ok.tgz": good}
+    with ReleaseServer(assets) as server:
+        cut = {"type": "release", "url": server.url + "/a/r/releases/download/v1/cut.tgz", "member": "best_mae_0.pth"}
+        ok = {**cut, "url": server.url + "/a/r/releases/download/v1/ok.tgz"}
+        write_manifest(env, {"rn50.cut": entry(official_rn50, [cut]), "rn50.two": entry(official_rn50, [cut, ok])})
+        with pytest.raises(DownloadError, match="could not fetch rn50.cut: cut.tgz is damaged or incomplete"):
+            resolve_model("rn50.cut", progress=False)
+        resolved = resolve_model("rn50.two", progress=False)
+    check_parity(resolved.config_file, resolved.weights_file, official_rn50)
+    assert "cut.tgz is damaged or incomplete" in caplog.text
+
+
+def test_download_without_content_length_shows_progress(env, official_pth, official_rn50, capsys):
+    path = "/a/r/releases/download/v1/w.tgz"
+    with ReleaseServer({path: make_tgz({"w/best_mae_0.pth": official_pth})}, unsized=frozenset({path})) as server:
+        source = {"type": "release", "url": server.url + path, "member": "best_mae_0.pth"}
+        write_manifest(env, {"rn50.tiny": entry(official_rn50, [source])})
+        resolved = resolve_model("rn50.tiny", progress=True)
+    check_parity(resolved.config_file, resolved.weights_file, official_rn50)
+    assert "Downloading w.tgz" in capsys.readouterr().err
+
+
+def test_manifest_checks_revisions_and_checksums(env, tiny_files, official_rn50):
+    upper = hf_source(tiny_files, checksums={f: sha(b).upper() for f, b in tiny_files.items()})
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [upper])})
+    files = load_manifest().get("rn50.tiny").sources[0].files
+    assert files == {f: sha(b) for f, b in tiny_files.items()}  # compared in lower case
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [hf_source(tiny_files, revision="main")])})
+    with pytest.raises(ModelNotFoundError, match="revision 'main' of clip-ebc/tiny-rn50 is not a 40-digit commit hash"):
+        load_manifest()
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [hf_source(tiny_files, checksums={"config.json": "abc"})])})
+    with pytest.raises(ModelNotFoundError, match="checksum of config.json 'abc' is not a SHA-256 hex digest"):
+        load_manifest()
 
 
 def test_unreachable_release_fails_clearly(env, official_rn50):

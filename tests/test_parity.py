@@ -49,8 +49,10 @@ def test_head_intermediates_parity(official_pair):
         features = model.encode(fixture.io["input"])
         projected = model.projection(model.decoder(features))
         out = model(fixture.io["input"])
-    assert max_diff(features, inter["decoder_input"]) <= PARITY_ATOL
-    assert max_diff(projected, inter["projection_output"]) <= PARITY_ATOL
+    # features reach ~10 in magnitude: compare them relative to that (single-threaded kernels sum in
+    # another order and land 1.7e-5 away); the logits, probabilities and density keep the absolute bound
+    for ours, theirs in ((features, inter["decoder_input"]), (projected, inter["projection_output"])):
+        assert max_diff(ours, theirs) <= PARITY_ATOL * max(1.0, theirs.abs().max().item())
     assert max_diff(out.logits, inter["logits"]) <= PARITY_ATOL
     assert max_diff(out.probs, inter["probs"]) <= PARITY_ATOL
     assert max_diff(out.probs.sum(1), torch.ones_like(out.probs[:, 0])) <= 1e-6
@@ -88,6 +90,8 @@ def test_bit_exact_with_the_fixtures_torch_build(official_pair, official_vit, co
     fixture, model = official_pair
     if torch.__version__ != fixture.meta["torch"]:
         pytest.skip(f"the fixtures were made with torch {fixture.meta['torch']}, this is {torch.__version__}")
+    if torch.get_num_threads() < 2:
+        pytest.skip("the fixtures were made with several threads; one thread sums in another order")
     with torch.no_grad():
         for key in ("input", "input_alt0"):
             assert torch.equal(model(fixture.io[key]).density, fixture.io[key.replace("input", "output")])
