@@ -117,12 +117,19 @@ def validate_bins(bins: Sequence[Sequence[float]]) -> tuple[Bin, ...]:
 
     Returns the bins as a tuple of float pairs. Raises :class:`ConfigError` otherwise.
     """
+    if isinstance(bins, str) or not isinstance(bins, Sequence):
+        raise ConfigError(f"bins must be a list of (lo, hi) pairs, got {bins!r}.")
     out: list[Bin] = []
     for i, b in enumerate(bins):
         if isinstance(b, str) or not isinstance(b, Sequence) or len(b) != 2:
             raise ConfigError(f"bin {i} must be a pair (lo, hi), got {b!r}.")
-        lo = float(b[0])
-        hi = math.inf if b[1] is None else float(b[1])
+        try:
+            lo = float(b[0])
+            hi = math.inf if b[1] is None else float(b[1])
+        except (TypeError, ValueError):
+            raise ConfigError(f"bin {i} must be a pair of numbers (lo, hi), got {b!r}.") from None
+        if math.isnan(lo) or math.isnan(hi) or math.isinf(lo):
+            raise ConfigError(f"bin {i} must be an integer range 0 <= lo <= hi, got {b!r}.")
         if lo != int(lo) or (not math.isinf(hi) and hi != int(hi)) or hi < lo or lo < 0:
             raise ConfigError(f"bin {i} must be an integer range 0 <= lo <= hi, got {b!r}.")
         if out and lo != out[-1][1] + 1:

@@ -57,6 +57,22 @@ BACKBONES: dict[str, BackboneInfo] = {
 }
 
 
+def _integer(owner: str, name: str, value: Any, *, minimum: int | None = None) -> int:
+    """``value`` as an int, or a ConfigError naming ``owner.name`` (a hand-edited config.json may hold
+    strings, nulls or fractions)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}.")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}.") from None
+    if not number.is_integer():
+        raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}.")
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{owner}.{name} must be at least {minimum}, got {value!r}.")
+    return int(number)
+
+
 def _alias_key(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "").replace("/", "")
 
@@ -95,18 +111,23 @@ class ClipArchitecture:
     transformer_layers: int = 12
 
     def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        owner = "ClipArchitecture"
         if isinstance(self.vision_layers, (list, tuple)):
             if len(self.vision_layers) != 4:
                 raise ConfigError(
                     f"a ResNet needs vision_layers with 4 stages, got {list(self.vision_layers)}."
                 )
-            object.__setattr__(self, "vision_layers", tuple(int(v) for v in self.vision_layers))
-        elif not self.vision_patch_size:
-            raise ConfigError("a ViT architecture (integer vision_layers) needs vision_patch_size.")
-        for name in ("embed_dim", "vision_width", "vision_heads", "transformer_width",
+            set_("vision_layers", tuple(_integer(owner, "vision_layers", v, minimum=1) for v in self.vision_layers))
+        else:
+            set_("vision_layers", _integer(owner, "vision_layers", self.vision_layers, minimum=1))
+            if not self.vision_patch_size:
+                raise ConfigError("a ViT architecture (integer vision_layers) needs vision_patch_size.")
+        if self.vision_patch_size is not None:
+            set_("vision_patch_size", _integer(owner, "vision_patch_size", self.vision_patch_size, minimum=1))
+        for name in ("embed_dim", "image_resolution", "vision_width", "vision_heads", "transformer_width",
                      "transformer_heads", "transformer_layers", "context_length", "vocab_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"ClipArchitecture.{name} must be positive, got {getattr(self, name)!r}.")
+            set_(name, _integer(owner, name, getattr(self, name), minimum=1))
 
     @property
     def is_resnet(self) -> bool:
@@ -133,7 +154,7 @@ class ClipArchitecture:
             raise ConfigError(f"unknown CLIP architecture fields {unknown}; expected {sorted(known)}.")
         if "vision_heads" not in data and "vision_width" in data:
             layers = data.get("vision_layers")
-            width = int(data["vision_width"])
+            width = _integer("ClipArchitecture", "vision_width", data["vision_width"], minimum=1)
             data["vision_heads"] = width * 32 // 64 if isinstance(layers, (list, tuple)) else width // 64
         missing = sorted(f.name for f in dataclasses.fields(cls)
                          if f.name not in data and f.default is dataclasses.MISSING)
@@ -218,10 +239,23 @@ class ModelConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        try:
+            self._check()
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError) as e:  # a field of the wrong type in a config.json
+            raise ConfigError(f"invalid model configuration: {type(e).__name__}: {e}.") from e
+
+    def _check(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        owner = "ModelConfig"
 
         if isinstance(self.clip, Mapping):
             set_("clip", ClipArchitecture.from_dict(self.clip))
+        elif self.clip is not None and not isinstance(self.clip, ClipArchitecture):
+            raise ConfigError(f"ModelConfig.clip must be a mapping of CLIP architecture fields, got {self.clip!r}.")
+        if not isinstance(self.backbone, str):
+            raise ConfigError(f"ModelConfig.backbone must be a name (string), got {self.backbone!r}.")
         canonical = canonical_backbone(self.backbone)
         if canonical is not None:
             set_("backbone", canonical)
@@ -230,12 +264,13 @@ class ModelConfig:
                 f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)} or pass a "
                 "custom CLIP architecture as `clip`."
             )
-        if int(self.format_version) > FORMAT_VERSION:
+        set_("format_version", _integer(owner, "format_version", self.format_version, minimum=1))
+        if self.format_version > FORMAT_VERSION:
             raise ConfigError(
                 f"this config has format_version {self.format_version}, but this version of clip-ebc "
                 f"reads up to {FORMAT_VERSION}; upgrade clip-ebc."
             )
-        if int(self.reduction) not in REDUCTIONS:
+        if self.reduction not in REDUCTIONS or isinstance(self.reduction, bool):
             raise ConfigError(f"reduction (block size) must be 8, 16 or 32, got {self.reduction!r}.")
         set_("reduction", int(self.reduction))
         if self.prompt_type not in PROMPT_TYPES:
@@ -243,12 +278,17 @@ class ModelConfig:
 
         bins = validate_bins(self.bins)
         set_("bins", bins)
+        if isinstance(self.anchor_points, (str, bytes)) or not isinstance(self.anchor_points, (list, tuple)):
+            raise ConfigError(f"ModelConfig.anchor_points must be a list of numbers, got {self.anchor_points!r}.")
         anchors = tuple(float(a) for a in self.anchor_points)
         if len(anchors) != len(bins):
             raise ConfigError(f"{len(bins)} bins need {len(bins)} anchor points, got {len(anchors)}.")
         if any(not math.isfinite(a) or a < 0 for a in anchors):
             raise ConfigError(f"anchor points must be finite and non-negative, got {list(anchors)}.")
         set_("anchor_points", anchors)
+        if self.prompts is not None and (isinstance(self.prompts, str) or not isinstance(self.prompts, (list, tuple))
+                                         or not all(isinstance(p, str) for p in self.prompts)):
+            raise ConfigError(f"ModelConfig.prompts must be a list of texts, got {self.prompts!r}.")
         prompts = tuple(bin_prompts(bins, self.prompt_type)) if self.prompts is None else tuple(self.prompts)
         if len(prompts) != len(bins):
             raise ConfigError(f"{len(bins)} bins need {len(bins)} prompts, got {len(prompts)}.")
@@ -259,7 +299,9 @@ class ModelConfig:
             info = BACKBONES.get(self.backbone)
             default = info.decoder_channels if info else (arch.encoder_channels,)
             set_("decoder_channels", default)
-        decoder = tuple(c if c == "U" else int(c) for c in self.decoder_channels)  # type: ignore[union-attr]
+        if isinstance(self.decoder_channels, str) or not isinstance(self.decoder_channels, (list, tuple)):
+            raise ConfigError(f"decoder_channels must be a list of widths, got {self.decoder_channels!r}.")
+        decoder = tuple(c if c == "U" else _integer(owner, "decoder_channels", c) for c in self.decoder_channels)
         if not any(c != "U" for c in decoder) or any(c != "U" and c <= 0 for c in decoder):
             raise ConfigError(
                 f"decoder_channels needs at least one positive width (\"U\" = upsample), got {list(decoder)}."
@@ -268,7 +310,7 @@ class ModelConfig:
 
         if self.input_size is None:
             set_("input_size", 448 if arch.is_resnet else 224)
-        set_("input_size", int(self.input_size))  # type: ignore[arg-type]
+        set_("input_size", _integer(owner, "input_size", self.input_size, minimum=self.reduction))
         if arch.is_resnet:
             if self.num_vpt:
                 raise ConfigError("visual prompt tuning (num_vpt) applies to ViT backbones only.")
@@ -279,9 +321,7 @@ class ModelConfig:
                 raise ConfigError(
                     f"input_size {self.input_size} must be a multiple of the patch size {patch}."
                 )
-            set_("num_vpt", 32 if self.num_vpt is None else int(self.num_vpt))
-            if self.num_vpt < 0:
-                raise ConfigError(f"num_vpt must be >= 0, got {self.num_vpt}.")
+            set_("num_vpt", 32 if self.num_vpt is None else _integer(owner, "num_vpt", self.num_vpt, minimum=0))
         if not 0.0 <= float(self.vpt_drop) < 1.0:
             raise ConfigError(f"vpt_drop must be in [0, 1), got {self.vpt_drop!r}.")
         set_("vpt_drop", float(self.vpt_drop))
@@ -293,8 +333,9 @@ class ModelConfig:
             set_(name, value)
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"std values must be positive, got {list(self.std)}.")
+        if not isinstance(self.provenance, Mapping):
+            raise ConfigError(f"ModelConfig.provenance must be a mapping, got {self.provenance!r}.")
         set_("provenance", dict(self.provenance))
-        set_("format_version", int(self.format_version))
 
     # ---------------------------------------------------------------------------------- derived
 

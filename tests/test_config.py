@@ -140,3 +140,46 @@ def test_clip_architecture_from_official_fields():
         ClipArchitecture.from_dict({**fields, "depth": 3})
     with pytest.raises(ConfigError, match="needs vision_patch_size"):
         ClipArchitecture.from_dict({**fields, "vision_layers": 12})
+
+
+TINY_CLIP = {"embed_dim": 16, "image_resolution": 64, "vision_layers": [1, 1, 1, 1], "vision_width": 8,
+             "vision_patch_size": None, "vision_heads": 2, "transformer_width": 8, "transformer_heads": 2,
+             "transformer_layers": 1}
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [  # what a hand-edited or damaged config.json may hold: one clear ConfigError each, no raw TypeError
+        ("reduction", None, "reduction \\(block size\\) must be 8, 16 or 32, got None"),
+        ("reduction", "x", "reduction \\(block size\\) must be 8, 16 or 32, got 'x'"),
+        ("bins", 5, "bins must be a list of \\(lo, hi\\) pairs, got 5"),
+        ("bins", [[0, 0], [1, "many"]], "bin 1 must be a pair of numbers \\(lo, hi\\), got \\[1, 'many'\\]"),
+        ("bins", [[0, 0], [math.nan, None]], "bin 1 must be an integer range"),
+        ("anchor_points", "abc", "ModelConfig.anchor_points must be a list of numbers, got 'abc'"),
+        ("anchor_points", None, "ModelConfig.anchor_points must be a list of numbers, got None"),
+        ("mean", None, "invalid model configuration: TypeError"),
+        ("clip", [1, 2], "ModelConfig.clip must be a mapping of CLIP architecture fields"),
+        ("provenance", [1], "ModelConfig.provenance must be a mapping, got \\[1\\]"),
+        ("prompts", 3, "ModelConfig.prompts must be a list of texts, got 3"),
+        ("format_version", "x", "ModelConfig.format_version must be an integer, got 'x'"),
+        ("input_size", -5, "ModelConfig.input_size must be at least 8, got -5"),
+        ("input_size", 447.5, "ModelConfig.input_size must be an integer, got 447.5"),
+        ("decoder_channels", "128", "decoder_channels must be a list of widths, got '128'"),
+        ("backbone", None, "ModelConfig.backbone must be a name \\(string\\), got None"),
+    ],
+)
+def test_malformed_config_json_fields(field, value, message):
+    data = {**rn50_config().to_dict(), "clip": TINY_CLIP, field: value}
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_dict(data)
+
+
+def test_malformed_clip_architecture_fields():
+    with pytest.raises(ConfigError, match="ClipArchitecture.vision_width must be an integer, got 'abc'"):
+        ClipArchitecture.from_dict({**TINY_CLIP, "vision_width": "abc"})
+    with pytest.raises(ConfigError, match="ClipArchitecture.embed_dim must be at least 1, got 0"):
+        ClipArchitecture.from_dict({**TINY_CLIP, "embed_dim": 0})
+    without_heads = {k: v for k, v in TINY_CLIP.items() if k != "vision_heads"}
+    with pytest.raises(ConfigError, match="ClipArchitecture.vision_width must be an integer, got 'abc'"):
+        ClipArchitecture.from_dict({**without_heads, "vision_width": "abc"})
+    assert ClipArchitecture.from_dict({**TINY_CLIP, "vision_width": 8.0}).vision_width == 8
