@@ -58,6 +58,7 @@ MAX_MEMBER_BYTES = 4 << 30
 MAX_MEMBERS = 10_000
 """Most entries an archive may have (an official release has a handful)."""
 HF_PREFIX = "hf-hub:"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -573,7 +574,9 @@ def _fetch_release(info: ModelInfo, source: Source, *, offline: bool, progress: 
         if not source.sha256:
             log.info("%s: %s has no checksum in the manifest (SHA-256 of this download: %s).",
                      info.name, archive.name, archive_sha)
-        checkpoint = extract_checkpoint(archive, source.member, Path(tmp) / "checkpoint.pth")
+        # keep the member's name: its suffix tells .pth from .safetensors, and provenance records it
+        member_name = Path(source.member).name if source.member else "checkpoint.pth"
+        checkpoint = extract_checkpoint(archive, source.member, Path(tmp) / "extracted" / member_name)
         model = convert_for(info, checkpoint, release_url=source.url, release_sha256=archive_sha,
                             checkpoint_member=source.member or checkpoint.name)
         record = {"made_from": _conversion_record(info, source), "archive_sha256": archive_sha}
@@ -717,6 +720,7 @@ def _extract(archive: Path, member: str | None, dest: Path, max_bytes: int) -> P
             chosen = _choose_member(archive, [(m.name, m) for m in members], member)
             if chosen.size > max_bytes:
                 raise DownloadError(f"{chosen.name} in {archive.name} is {chosen.size:,} bytes, over the {max_bytes:,}-byte limit.")
+            dest = _with_suffix_of(dest, chosen.name)
             with tar.extractfile(chosen) as src:  # type: ignore[union-attr]
                 _copy_limited(src, dest, max_bytes, f"{chosen.name} in {archive.name}")
         return dest
@@ -732,10 +736,17 @@ def _extract(archive: Path, member: str | None, dest: Path, max_bytes: int) -> P
             chosen_zip = _choose_member(archive, [(i.filename, i) for i in infos], member)
             if chosen_zip.file_size > max_bytes:
                 raise DownloadError(f"{chosen_zip.filename} in {archive.name} is over the {max_bytes:,}-byte limit.")
+            dest = _with_suffix_of(dest, chosen_zip.filename)
             with zf.open(chosen_zip) as src:
                 _copy_limited(src, dest, max_bytes, f"{chosen_zip.filename} in {archive.name}")
         return dest
     raise DownloadError(f"{archive.name} is neither a tar/zip archive nor a checkpoint file.")
+
+
+def _with_suffix_of(dest: Path, member: str) -> Path:
+    """``dest``, with the member's suffix when they differ (the loader tells formats by suffix)."""
+    suffix = Path(member).suffix
+    return dest.with_suffix(suffix) if suffix in CHECKPOINT_SUFFIXES and suffix != dest.suffix else dest
 
 
 def _choose_member(archive: Path, members: list[tuple[str, Any]], wanted: str | None):
@@ -745,10 +756,10 @@ def _choose_member(archive: Path, members: list[tuple[str, Any]], wanted: str | 
             return found[0]
         if len(found) > 1:
             raise DownloadError(f"{archive.name} holds {len(found)} files named {wanted}; cannot tell which to use.")
-    candidates = [m for name, m in members if name.endswith((".pth", ".pt"))]
+    candidates = [m for name, m in members if name.endswith(CHECKPOINT_SUFFIXES)]
     if wanted is None and len(candidates) == 1:
         return candidates[0]
-    names = [name for name, _ in members if name.endswith((".pth", ".pt"))]
+    names = [name for name, _ in members if name.endswith(CHECKPOINT_SUFFIXES)]
     raise DownloadError(
         f"{archive.name} does not hold {wanted or 'exactly one checkpoint'}; its checkpoint files are: "
         f"{', '.join(names) or 'none'}."
@@ -757,6 +768,7 @@ def _choose_member(archive: Path, members: list[tuple[str, Any]], wanted: str | 
 
 def _copy_limited(src: IO[bytes], dest: Path, max_bytes: int, what: str) -> None:
     copied = 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with dest.open("wb") as out:
         for chunk in iter(lambda: src.read(1 << 20), b""):
             copied += len(chunk)

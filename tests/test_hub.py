@@ -355,6 +355,13 @@ def test_extraction_limits_and_member_choice(tmp_path, official_pth):
     with zipfile.ZipFile(zipped, "w") as zf:
         zf.writestr("weights/best_mae_0.pth", official_pth)
     assert extract_checkpoint(zipped, None, tmp_path / "z.pth").read_bytes() == official_pth
+    from safetensors.torch import save as save_safetensors
+
+    weights = save_safetensors({"w": torch.zeros(2)})
+    packed = tmp_path / "s.tgz"
+    packed.write_bytes(make_tgz({"run/README.md": b"x", "run/best_mae_0.safetensors": weights}))
+    out = extract_checkpoint(packed, None, tmp_path / "s" / "checkpoint.pth")
+    assert out == tmp_path / "s" / "checkpoint.safetensors" and out.read_bytes() == weights
     bare = tmp_path / "best.pth"
     bare.write_bytes(official_pth)
     assert extract_checkpoint(bare, "best_mae_0.pth", tmp_path / "unused.pth") == bare
