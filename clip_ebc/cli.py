@@ -10,7 +10,10 @@ import csv
 import glob
 import json
 import logging
+import os
+import re
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,14 +78,22 @@ def heatmap_targets(heatmap: Path | None, images: list[Path]) -> dict[Path, Path
         return {images[0]: heatmap} if images else {}
     if suffix in IMAGE_SUFFIXES and not heatmap.is_dir():
         raise click.UsageError(f"--heatmap {heatmap}: heatmaps are written as .png or .jpg files.")
+    inputs = {p.resolve() for p in images}
     targets, used = {}, set()
     for p in images:
         name, n = f"{p.stem}_heatmap.png", 2
-        while name in used:
+        while name in used or (heatmap / name).resolve() in inputs:  # never overwrite an input
             name, n = f"{p.stem}_heatmap_{n}.png", n + 1
         used.add(name)
         targets[p] = heatmap / name
     return targets
+
+
+def _check_device(ctx, param, value: str) -> str:
+    """Usage check of --device before anything is loaded (whether the device exists is checked later)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise click.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps.")
+    return value
 
 
 def _shown(text: object) -> str:
@@ -134,9 +145,10 @@ def _download(names: str, echo, err) -> int:
 @click.option("-m", "--model", metavar="NAME|DIR|hf-hub:ID",
               help="Registry name (see --list-models), checkpoint folder, or hf-hub:ORG/NAME[@REVISION]. "
                    "Default: the registry's default model.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--device", default="auto", show_default=True, callback=_check_device, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--heatmap", type=click.Path(path_type=Path),
-              help="Write a heatmap: a .png/.jpg file for one input, a directory for several.")
+              help="Write a heatmap: a .png/.jpg file for one input, a directory for several (<name>_heatmap.png; "
+                   "inputs are never overwritten, but heatmaps in an input folder are counted by the next run).")
 @click.option("--side-by-side", is_flag=True, help="Heatmaps show the plain image next to the overlay.")
 @click.option("--opacity", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap overlay opacity.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image on stdout.")
@@ -144,7 +156,8 @@ def _download(names: str, echo, err) -> int:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Crops per forward pass.")
 @click.option("-r", "--recursive", is_flag=True, help="Look for images in sub-folders of folder inputs.")
 @click.option("--native-size", is_flag=True, help="Keep each image's size instead of the training set's resize rule.")
-@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"],
+                                               case_sensitive=False), default="auto",
               show_default=True, help="auto: float32 on CPU, float16 on GPU. bfloat16 needs a GPU or a CPU with "
                                       "native bfloat16; counts stay float32 either way.")
 @click.option("--compile", "compile_model", is_flag=True,
@@ -162,6 +175,8 @@ def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_pat
     echo = click.echo
     err = lambda message: click.echo(message, err=True)  # noqa: E731
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    if not debug:  # one line per warning, without the source line of the library that raised it
+        warnings.showwarning = lambda message, *args, **kwargs: err(f"warning: {_shown(message)}")
 
     if list_models or download:
         try:
@@ -198,6 +213,9 @@ def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_pat
     except KeyboardInterrupt:
         err("interrupted")
         sys.exit(130)
+    except BrokenPipeError:  # stdout closed early (`crowdcount ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except Exception as e:  # noqa: BLE001 - the last line of defence against tracebacks
         if debug:
             raise
@@ -210,7 +228,7 @@ def _run(images, problems, targets, csv_file, *, model, device, batch_size, nati
          as_json, opacity, side_by_side, echo, err) -> int:
     writer = None
     if csv_file is not None:
-        writer = csv.DictWriter(csv_file, ["path", "count", "model", "width", "height", "seconds", "error"])
+        writer = csv.DictWriter(csv_file, ["path", "count", "model", "width", "height", "seconds", "heatmap", "error"])
         writer.writeheader()
     failed = 0
     try:
@@ -229,6 +247,8 @@ def _run(images, problems, targets, csv_file, *, model, device, batch_size, nati
         counter = CrowdCounter(model, device=device, batch_size=batch_size, resize="native" if native else "dataset",
                                precision=precision, compile=compile_model)
         total, counted = 0.0, 0
+        if len(images) > 1 and sys.stderr.isatty():  # the progress bar shares the terminal: clear its line first
+            echo, err = _below_bar(echo), _below_bar(err)
         results = counter.count_many((str(p) for p in images), batch_size=batch_size, skip_errors=True,
                                      keep_images=bool(targets))
         for path, result in _with_progress(zip(images, results), len(images)):
@@ -238,6 +258,7 @@ def _run(images, problems, targets, csv_file, *, model, device, batch_size, nati
                 if target is not None:
                     try:
                         result.save_heatmap(target, opacity=opacity, side_by_side=side_by_side)
+                        row["heatmap"] = str(target)
                     except (CLIPEBCError, OSError) as e:
                         row["error"] = f"{path}: heatmap not written to {target}: {getattr(e, 'strerror', None) or e}"
                 total += result.count
@@ -257,6 +278,15 @@ def _run(images, problems, targets, csv_file, *, model, device, batch_size, nati
     if len(images) > 1 and not as_json:
         err(f"{counted} of {len(images) + len(problems)} inputs counted, {total:.1f} people in total.")
     return failed
+
+
+def _below_bar(write):
+    def clear_then_write(message: str) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+        write(message)
+
+    return clear_then_write
 
 
 def _with_progress(items: Iterator, length: int):

@@ -289,12 +289,8 @@ def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
 def _numpy_scalars_allowed():
     """Let ``weights_only`` loading rebuild NumPy scalars and dtypes (data, not code): the official
     trainer stores ``np.float64`` losses and scores next to the weights in its resume ``ckpt.pth``."""
-    import contextlib
-
     import numpy as np
 
-    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5
-        return contextlib.nullcontext()
     multiarray = getattr(np, "_core", None) or np.core
     kinds = (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint8, np.bool_)
     allowed = [multiarray.multiarray.scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]

@@ -44,7 +44,7 @@ or ``batch_size`` images, whichever is reached first (an image larger than this 
 def select_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"``: CUDA if available, else Apple MPS, else CPU. Otherwise the named device, checked."""
     if isinstance(device, torch.device):
-        return device
+        device = str(device)  # checked like a name: torch.device("cuda:1") exists on any machine
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -56,6 +56,8 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"{device!r} is not a device; use auto, cpu, cuda, cuda:N or mps.") from e
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{device!r} is not a device clip-ebc runs on; use auto, cpu, cuda, cuda:N or mps.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was requested, but CUDA is not available here; use --device cpu.")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -344,14 +346,16 @@ class CrowdCounter:
                      keep_images: bool) -> Iterator[CountResult]:
         start = time.perf_counter()
         jobs: list[_Job | CountResult] = []
+        failure: CLIPEBCError | None = None
         for source, rgb in items:
             try:
                 if isinstance(rgb, CLIPEBCError):
                     raise rgb
                 jobs.append(self._prepare(source, rgb, keep_image=keep_images))
             except CLIPEBCError as e:
-                if not skip_errors:
-                    raise
+                if not skip_errors:  # the inputs before it still get their results, then it is raised
+                    failure = e
+                    break
                 jobs.append(CountResult(math.nan, np.zeros((0, 0), np.float32), self.block_size, (0, 0), self.name,
                                         source=describe(source), error=str(e)))
         ready = [j for j in jobs if isinstance(j, _Job)]
@@ -378,6 +382,8 @@ class CrowdCounter:
                 seconds=per_image,
                 _image=job.keep_image,
             )
+        if failure is not None:
+            raise failure
 
     def _prepare(self, source: Any, rgb: np.ndarray, *, keep_image: bool = False) -> _Job:
         height, width = rgb.shape[:2]

@@ -114,9 +114,16 @@ def resolve_precision(precision: str | torch.dtype, device: torch.device) -> tor
                 "this CPU has no native bfloat16 arithmetic (AVX512-BF16/AMX or ARM BF16), so bfloat16 would be "
                 "emulated and slower than float32; use precision='float32'."
             )
+    if device.type == "mps" and dtype is torch.bfloat16 and _torch_release() < (2, 6):
+        raise ConfigError("bfloat16 autocast on Apple MPS needs PyTorch 2.6 or newer; use precision='float16'.")
     if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ConfigError("this GPU does not support bfloat16; use precision='float16'.")
     return dtype
+
+
+def _torch_release() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
 
 
 def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:

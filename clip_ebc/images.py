@@ -136,6 +136,8 @@ def _from_array(array: np.ndarray, name: str, max_pixels: int | None) -> np.ndar
     if array.dtype != np.uint8:
         raise ImageError(f"{name}: expected dtype uint8 (0-255), got {array.dtype}; convert it with .astype(np.uint8).")
     _check_pixels((array.shape[1], array.shape[0]), name, max_pixels)
+    if not array.flags.writeable:  # np.asarray(PIL image) is read-only, which torch.from_numpy warns about
+        return array.copy(order="C")
     return np.ascontiguousarray(array)
 
 

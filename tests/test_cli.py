@@ -2,8 +2,10 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -79,10 +81,26 @@ def test_folder_with_good_and_bad_files(tiny_dirs, photos, tmp_path):
         assert sum(line.startswith(f"error: {path}") for line in stderr.splitlines()) == 1
     assert sorted(p.name for p in heatmaps.iterdir()) == ["a_heatmap.png", "b_heatmap.png", "c_heatmap.png"]
     assert Image.open(heatmaps / "b_heatmap.png").size == (200, 300)
+    assert rows[str(photos / "sub/c.jpg")]["heatmap"] == str(heatmaps / "c_heatmap.png")
     with table.open() as f:
         csv_rows = list(csv.DictReader(f))
     assert len(csv_rows) == 6 and {r["path"] for r in csv_rows if not r["error"]} == good
+    assert {r["heatmap"] for r in csv_rows if r["path"] in good} == {str(heatmaps / f"{n}_heatmap.png") for n in "abc"}
     assert "Traceback" not in stderr
+
+
+def test_heatmaps_written_into_the_input_folder(tiny_dirs, tmp_path):
+    """A photo that happens to be named like a heatmap is never overwritten."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for name in ("foo.jpg", "foo_heatmap.png"):
+        Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(folder / name)
+    original = (folder / "foo_heatmap.png").read_bytes()
+    code, stdout, _ = invoke(folder, "--json", "-m", tiny_dirs["rn50"], "--heatmap", folder)
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 0 and len(rows) == 2 and (folder / "foo_heatmap.png").read_bytes() == original
+    assert rows[0]["heatmap"] == str(folder / "foo_heatmap_2.png")  # foo_heatmap.png is an input: not overwritten
+    assert rows[1]["heatmap"] == str(folder / "foo_heatmap_heatmap.png")
 
 
 def test_without_recursion_subfolders_are_not_searched(tiny_dirs, photos):
@@ -143,6 +161,9 @@ def test_model_problems_are_one_line(tmp_path, photos):
     assert code == 1 and "has no automatic download source" in stderr
     code, _, stderr = invoke(photos / "a.jpg", "--device", "cuda:7")
     assert code == 1 and stderr.count("\n") == 1 and "Traceback" not in stderr
+    for device in ("meta", "gpu", "cuda:x"):  # not a device name at all: a usage error, before any loading
+        code, _, stderr = invoke(photos / "a.jpg", "--device", device)
+        assert code == 2 and f"'{device}' is not a device; use auto, cpu, cuda, cuda:N or mps." in stderr
 
 
 def test_debug_shows_the_traceback(tmp_path, photos):
@@ -212,3 +233,20 @@ def test_unwritable_outputs(tiny_dirs, photos, tmp_path):
     blocker.write_text("x")
     code, stdout, stderr = invoke(photos / "a.jpg", photos / "b.png", "-m", tiny_dirs["rn50"], "--heatmap", blocker / "sub")
     assert code == 1 and "heatmap not written" in stderr and len(stdout.splitlines()) == 2  # both still counted
+
+
+def test_warnings_are_one_line_each(tiny_dirs, tmp_path):
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.full((60, 1200, 3), 90, np.uint8)).save(thin)  # 448 x 8960 breaks ShanghaiTech's 4096
+    model = tmp_path / "sha_model"
+    shutil.copytree(tiny_dirs["rn50"], model)
+    config = json.loads((model / "config.json").read_text())
+    config["provenance"]["dataset"] = "sha"
+    (model / "config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # as in a plain run; this suite turns warnings into errors
+        code, stdout, stderr = invoke(thin, "-m", model, "--precision", "FP32")
+    assert code == 0 and stdout.startswith(f"{thin}: "), stderr
+    warning_lines = [line for line in stderr.splitlines() if "aspect ratio" in line]
+    assert len(warning_lines) == 1 and warning_lines[0].startswith("warning: a 1200x60 image cannot keep its aspect")
+    assert "UserWarning" not in stderr and "warnings.warn" not in stderr

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -35,7 +36,12 @@ def scene(tmp_path_factory):
 def test_every_input_kind_gives_the_same_count(rn50, scene):
     image, path = scene
     chw = torch.from_numpy(image).permute(2, 0, 1)
-    counts = [rn50.count(s).count for s in (path, str(path), Image.fromarray(image), image, chw, chw.float() / 255)]
+    read_only = np.asarray(Image.open(path))  # how arrays usually arrive: not writeable
+    assert not read_only.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "The given NumPy array is not writable"
+        counts = [rn50.count(s).count for s in (path, str(path), Image.fromarray(image), image, read_only, chw,
+                                                chw.float() / 255)]
     assert max(counts) - min(counts) < 1e-3
     result = rn50.count(path)
     assert isinstance(result, CountResult) and result.ok
@@ -98,6 +104,12 @@ def test_count_many_skips_bad_inputs_on_request(rn50, scene, tmp_path):
     assert results[1].to_dict()["count"] is None and results[0].count == results[2].count
     with pytest.raises(ImageError, match="bad.jpg is not an image file"):
         list(rn50.count_many([path, bad]))
+    # without skip_errors, the inputs before the bad one (in the same batch) still get their results
+    got = []
+    with pytest.raises(ImageError, match="bad.jpg is not an image file"):
+        for result in rn50.count_many([path, path, bad, path], batch_size=8):
+            got.append(result)
+    assert [r.count for r in got] == [results[0].count] * 2
 
 
 def test_native_size_and_small_images(rn50, vit):
@@ -151,6 +163,11 @@ def test_device_selection():
             select_device("cuda")
     with pytest.raises(ConfigError, match="'gpu0' is not a device"):
         select_device("gpu0")
+    with pytest.raises(ConfigError, match="'meta' is not a device clip-ebc runs on"):
+        select_device("meta")
+    if not torch.cuda.is_available():  # a torch.device object is checked like its name
+        with pytest.raises(ConfigError, match="'cuda:1' was requested, but CUDA is not available here"):
+            select_device(torch.device("cuda:1"))
 
 
 def test_matplotlib_is_imported_only_for_heatmaps(tiny_dirs, scene, tmp_path):
