@@ -201,8 +201,7 @@ def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_pat
     except OSError as e:
         raise click.UsageError(f"cannot write the CSV file {csv_path}: {e.strerror or e}.") from e
     try:
-        problems = [p for p in expanded if isinstance(p, _InputProblem)]
-        failed = _run(images, problems, targets, csv_file, model=model, device=device, batch_size=batch_size,
+        failed = _run(expanded, targets, csv_file, model=model, device=device, batch_size=batch_size,
                       native=native_size, precision=precision, compile_model=compile_model, as_json=as_json,
                       opacity=opacity, side_by_side=side_by_side, echo=echo, err=err)
     except CLIPEBCError as e:
@@ -224,34 +223,36 @@ def main(inputs, model, device, heatmap, side_by_side, opacity, as_json, csv_pat
     sys.exit(1 if failed else 0)
 
 
-def _run(images, problems, targets, csv_file, *, model, device, batch_size, native, precision, compile_model,
+def _run(expanded, targets, csv_file, *, model, device, batch_size, native, precision, compile_model,
          as_json, opacity, side_by_side, echo, err) -> int:
+    """Count the images of ``expanded`` and report every entry, problems included, in input order."""
+    images = [p for p in expanded if isinstance(p, Path)]
     writer = None
     if csv_file is not None:
         writer = csv.DictWriter(csv_file, ["path", "count", "model", "width", "height", "seconds", "heatmap", "error"])
         writer.writeheader()
-    failed = 0
+    failed, total, counted = 0, 0.0, 0
     try:
-        for problem in problems:
-            failed += 1
-            err(f"error: {_shown(problem.message)}")
-            if as_json:
-                echo(json.dumps({"path": problem.name, "error": problem.message}))
-            if writer is not None:
-                writer.writerow({"path": problem.name, "error": problem.message})
-        if not images:  # nothing to count: no model needs loading (or downloading)
-            return failed
+        results: Iterator[Any] = iter(())
+        if images:  # with nothing to count, no model needs loading (or downloading)
+            from .counter import CrowdCounter
 
-        from .counter import CrowdCounter
-
-        counter = CrowdCounter(model, device=device, batch_size=batch_size, resize="native" if native else "dataset",
-                               precision=precision, compile=compile_model)
-        total, counted = 0.0, 0
-        if len(images) > 1 and sys.stderr.isatty():  # the progress bar shares the terminal: clear its line first
-            echo, err = _below_bar(echo), _below_bar(err)
-        results = counter.count_many((str(p) for p in images), batch_size=batch_size, skip_errors=True,
-                                     keep_images=bool(targets))
-        for path, result in _with_progress(zip(images, results), len(images)):
+            counter = CrowdCounter(model, device=device, batch_size=batch_size,
+                                   resize="native" if native else "dataset", precision=precision, compile=compile_model)
+            if len(images) > 1 and sys.stderr.isatty():  # the progress bar shares the terminal: clear its line first
+                echo, err = _below_bar(echo), _below_bar(err)
+            results = _with_progress(counter.count_many((str(p) for p in images), batch_size=batch_size,
+                                                        skip_errors=True, keep_images=bool(targets)), len(images))
+        for item in expanded:
+            if isinstance(item, _InputProblem):
+                failed += 1
+                err(f"error: {_shown(item.message)}")
+                if as_json:
+                    echo(json.dumps({"path": item.name, "error": item.message}))
+                if writer is not None:
+                    writer.writerow({"path": item.name, "error": item.message})
+                continue
+            path, result = item, next(results)
             row: dict[str, Any] = result.to_dict()
             if result.ok:
                 target = targets.get(path)
@@ -272,11 +273,12 @@ def _run(images, problems, targets, csv_file, *, model, device, batch_size, nati
                 echo(f"{_shown(path)}: {result.count:.1f} people")
             if writer is not None:
                 writer.writerow(row)
+        next(results, None)  # every image is done: this ends the progress bar's line
     finally:
         if csv_file is not None:
             csv_file.close()
     if len(images) > 1 and not as_json:
-        err(f"{counted} of {len(images) + len(problems)} inputs counted, {total:.1f} people in total.")
+        err(f"{counted} of {len(expanded)} inputs counted, {total:.1f} people in total.")
     return failed
 
 

@@ -117,6 +117,11 @@ def test_globs(tiny_dirs, photos):
     assert code == 1
     code, stdout, stderr = invoke(str(photos / "*.webp"), "-m", tiny_dirs["rn50"])
     assert code == 1 and "no files match this pattern" in stderr
+    # rows come in the order of the arguments, an unmatched pattern included
+    code, stdout, _ = invoke(photos / "a.jpg", str(photos / "*.webp"), photos / "b.png", "-m", tiny_dirs["rn50"], "--json")
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert [r["path"] for r in rows] == [str(photos / "a.jpg"), str(photos / "*.webp"), str(photos / "b.png")]
+    assert rows[0]["count"] > 0 and "no files match" in rows[1]["error"] and rows[2]["count"] > 0 and code == 1
 
 
 @pytest.mark.parametrize(
