@@ -291,9 +291,17 @@ def _numpy_scalars_allowed():
     trainer stores ``np.float64`` losses and scores next to the weights in its resume ``ckpt.pth``."""
     import numpy as np
 
-    multiarray = getattr(np, "_core", None) or np.core
-    kinds = (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint8, np.bool_)
-    allowed = [multiarray.multiarray.scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
+    scalar = (getattr(np, "_core", None) or np.core).multiarray.scalar
+    allowed: list[Any] = [np.dtype, *{type(np.dtype(k)) for k in
+                                      (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint8, np.bool_)}]
+    # NumPy 1 pickles name the function numpy.core.multiarray.scalar, NumPy 2 numpy._core...; torch
+    # matches allowed globals by module and name, so each name gets a function that answers to it
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        def rebuild(*args: Any) -> Any:
+            return scalar(*args)
+
+        rebuild.__module__, rebuild.__qualname__ = module, "scalar"
+        allowed.append(rebuild)
     return torch.serialization.safe_globals(allowed)
 
 

@@ -1,7 +1,9 @@
 """Converting official checkpoints: files, run names, the command line and its error messages."""
 
+import io
 import json
 import pickle
+import re
 import subprocess
 import sys
 
@@ -210,6 +212,19 @@ def test_shallow_vpt_is_read_from_the_weights(tmp_path, official_vit):
     model = convert_file(src, backbone="ViT-B-16", reduction=8, truncation=4, dataset="sha",
                          clip_config=official_vit.meta["clip_config"])
     assert not model.config.deep_vpt and tuple(model.image_encoder.vpt.shape) == (1, 32, 32)
+
+
+@pytest.mark.parametrize("numpy_module", [b"numpy.core.multiarray", b"numpy._core.multiarray"])
+def test_resume_files_from_either_numpy_generation(tmp_path, official_rn50, numpy_module):
+    """NumPy 1 and NumPy 2 name the scalar constructor differently in a pickle; both are read."""
+    buffer = io.BytesIO()
+    torch.save({"model_state_dict": official_rn50.state_dict, "best_scores": {"mae": [np.float64(55.0)]}}, buffer,
+               _use_new_zipfile_serialization=False)  # the legacy format keeps the pickle's text editable
+    raw = re.sub(rb"numpy\.(_?core)\.multiarray", numpy_module, buffer.getvalue())
+    assert numpy_module + b"\nscalar" in raw
+    path = tmp_path / "ckpt.pth"
+    path.write_bytes(raw)
+    assert load_official_state_dict(path).keys() == official_rn50.state_dict.keys()
 
 
 def test_load_official_state_dict_accepts_resume_files(tmp_path, official_rn50):
