@@ -608,8 +608,8 @@ def convert_for(info: ModelInfo, checkpoint: Path, **provenance: Any):
 
 def _store_converted(info: ModelInfo, source: Source, model, record: dict[str, Any]) -> Path:
     """Save a converted model into the cache atomically, with the checksums of its files and what it
-    was made from. If another process has stored a good copy meanwhile, that copy is kept and used:
-    it may be being read."""
+    was made from. A good copy already there (another process stored it meanwhile, and may be reading
+    it) is kept and used; only a copy that fails verification is replaced."""
     final = converted_dir(info.name)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{info.name}-", dir=final.parent))
@@ -618,15 +618,21 @@ def _store_converted(info: ModelInfo, source: Source, model, record: dict[str, A
         record = {**record, "files": {f: sha256_file(staging / f) for f in CHECKPOINT_FILES}, "model": info.name}
         (staging / CHECKSUMS_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         for _ in range(3):
-            ready = _verified_converted(info, source)  # removes a bad or stale copy
-            if ready is not None:
-                return ready
-            shutil.rmtree(final, ignore_errors=True)  # leftovers without a checksum record: nothing loads them
             try:
-                os.replace(staging, final)  # atomic; fails if another process has just filled `final`
+                os.replace(staging, final)  # atomic; fails while `final` holds files
                 return final
             except OSError as e:
                 error = e
+            ready = _verified_converted(info, source)  # removes a bad or stale copy
+            if ready is not None:
+                return ready
+            # files without a valid checksum record (nothing loads them): out of the way in one step
+            aside = final.with_name(f".{final.name}.discarded-{os.getpid()}")
+            try:
+                os.replace(final, aside)
+            except OSError:
+                pass
+            shutil.rmtree(aside, ignore_errors=True)
         raise DownloadError(f"cannot store the converted copy of {info.name} in {final}: {error}.")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -683,9 +689,11 @@ def _progress(total: int | None, label: str, *, enabled: bool) -> Iterator[Any]:
                 click.echo(f"\r{label}: {received / 2**20:,.0f} MiB", file=sys.stderr, nl=False)
 
         click.echo(label + ("" if interactive else " ..."), file=sys.stderr, nl=not interactive)
-        yield update
-        if interactive:
-            click.echo(f"\r{label}: {received / 2**20:,.1f} MiB", file=sys.stderr)
+        try:
+            yield update
+        finally:  # also when the download fails, so that the error starts on a line of its own
+            if interactive:
+                click.echo(f"\r{label}: {received / 2**20:,.1f} MiB", file=sys.stderr)
         return
     with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
         yield bar.update
@@ -703,9 +711,12 @@ def extract_checkpoint(archive: Path, member: str | None, dest: Path, *, max_byt
         return archive  # a bare checkpoint, not an archive
     try:
         return _extract(archive, member, dest, max_bytes)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as e:
-        raise DownloadError(f"{archive.name} is damaged or incomplete ({type(e).__name__}: {e}); "
-                            "delete it and download it again.") from e
+    # OSError covers gzip's and bz2's corrupt-stream errors; write errors are DownloadErrors already.
+    # NotImplementedError: a zip compression method Python lacks (Deflate64); RuntimeError: encryption.
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError,
+            NotImplementedError, RuntimeError) as e:
+        raise DownloadError(f"{archive.name} cannot be unpacked: it is damaged, incomplete or in an unsupported "
+                            f"format ({type(e).__name__}: {e}).") from e
 
 
 def _extract(archive: Path, member: str | None, dest: Path, max_bytes: int) -> Path:
@@ -768,11 +779,19 @@ def _choose_member(archive: Path, members: list[tuple[str, Any]], wanted: str | 
 
 def _copy_limited(src: IO[bytes], dest: Path, max_bytes: int, what: str) -> None:
     copied = 0
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with dest.open("wb") as out:
-        for chunk in iter(lambda: src.read(1 << 20), b""):
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        out = dest.open("wb")
+    except OSError as e:
+        raise DownloadError(f"cannot write {dest}: {e.strerror or e}.") from e
+    with out:
+        for chunk in iter(lambda: src.read(1 << 20), b""):  # a read error here means a bad archive
             copied += len(chunk)
             if copied > max_bytes:
                 raise DownloadError(f"{what} unpacks to more than {max_bytes:,} bytes; refusing it.")
-            out.write(chunk)
+            try:
+                out.write(chunk)
+            except OSError as e:  # not the archive's fault: say so, rather than "damaged"
+                raise DownloadError(f"cannot write {dest} ({e.strerror or e}); free some space in "
+                                    f"{dest.parent} or set TMPDIR.") from e
 

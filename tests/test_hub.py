@@ -284,11 +284,11 @@ def test_damaged_release_falls_through_to_the_next_source(env, official_pth, off
         cut = {"type": "release", "url": server.url + "/a/r/releases/download/v1/cut.tgz", "member": "best_mae_0.pth"}
         ok = {**cut, "url": server.url + "/a/r/releases/download/v1/ok.tgz"}
         write_manifest(env, {"rn50.cut": entry(official_rn50, [cut]), "rn50.two": entry(official_rn50, [cut, ok])})
-        with pytest.raises(DownloadError, match="could not fetch rn50.cut: cut.tgz is damaged or incomplete"):
+        with pytest.raises(DownloadError, match="could not fetch rn50.cut: cut.tgz cannot be unpacked: it is damaged, incomplete"):
             resolve_model("rn50.cut", progress=False)
         resolved = resolve_model("rn50.two", progress=False)
     check_parity(resolved.config_file, resolved.weights_file, official_rn50)
-    assert "cut.tgz is damaged or incomplete" in caplog.text
+    assert "cut.tgz cannot be unpacked" in caplog.text
 
 
 def test_download_without_content_length_shows_progress(env, official_pth, official_rn50, capsys):
@@ -362,6 +362,15 @@ def test_extraction_limits_and_member_choice(tmp_path, official_pth):
     packed.write_bytes(make_tgz({"run/README.md": b"x", "run/best_mae_0.safetensors": weights}))
     out = extract_checkpoint(packed, None, tmp_path / "s" / "checkpoint.pth")
     assert out == tmp_path / "s" / "checkpoint.safetensors" and out.read_bytes() == weights
+    encrypted = tmp_path / "locked.zip"  # a zip member Python cannot read: also a DownloadError
+    with zipfile.ZipFile(encrypted, "w") as zf:
+        zf.writestr("best_mae_0.pth", official_pth)
+    data = bytearray(encrypted.read_bytes())
+    data[6] |= 1  # the "encrypted" flag bit, in the local header (first) and the central directory (last)
+    data[data.rfind(b"PK\x01\x02") + 8] |= 1
+    encrypted.write_bytes(bytes(data))
+    with pytest.raises(DownloadError, match="locked.zip cannot be unpacked: .*RuntimeError"):
+        extract_checkpoint(encrypted, None, tmp_path / "l.pth")
     bare = tmp_path / "best.pth"
     bare.write_bytes(official_pth)
     assert extract_checkpoint(bare, "best_mae_0.pth", tmp_path / "unused.pth") == bare
@@ -413,6 +422,21 @@ def test_converted_copy_goes_stale_when_the_manifest_changes(env, release_server
     write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)], dataset="shb")})
     resolved = resolve_model("rn50.tiny", progress=False)
     assert json.loads(resolved.config_file.read_text())["anchor_points"][-1] == 4.41009  # shb's anchors
+
+
+def test_storing_keeps_a_good_copy_and_replaces_leftovers(env, release_server, official_rn50, converted_rn50):
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)])})
+    folder = resolve_model("rn50.tiny", progress=False).weights_file.parent
+    info, source = load_manifest().get("rn50.tiny"), load_manifest().get("rn50.tiny").sources[0]
+    record = json.loads((folder / "checksums.json").read_text())
+    record = {"made_from": record["made_from"], "archive_sha256": record["archive_sha256"]}
+    inode = (folder / "model.safetensors").stat().st_ino
+    assert hub._store_converted(info, source, converted_rn50, record) == folder
+    assert (folder / "model.safetensors").stat().st_ino == inode  # a reader of the good copy keeps its files
+    (folder / "checksums.json").unlink()  # leftovers without a record are replaced
+    assert hub._store_converted(info, source, converted_rn50, record) == folder
+    assert (folder / "checksums.json").is_file() and (folder / "model.safetensors").stat().st_ino != inode
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []  # nothing left aside
 
 
 def test_a_copy_stored_by_another_process_meanwhile_is_used(env, release_server, official_rn50, monkeypatch):
