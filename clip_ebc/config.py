@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -60,7 +61,7 @@ BACKBONES: dict[str, BackboneInfo] = {
 def _integer(owner: str, name: str, value: Any, *, minimum: int | None = None) -> int:
     """``value`` as an int, or a ConfigError naming ``owner.name`` (a hand-edited config.json may hold
     strings, nulls or fractions)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):  # NumPy numbers are Real
         raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}.")
     try:
         number = float(value)
@@ -270,15 +271,19 @@ class ModelConfig:
                 f"this config has format_version {self.format_version}, but this version of clip-ebc "
                 f"reads up to {FORMAT_VERSION}; upgrade clip-ebc."
             )
-        if self.reduction not in REDUCTIONS or isinstance(self.reduction, bool):
+        try:
+            reduction: int | None = _integer(owner, "reduction", self.reduction)
+        except ConfigError:
+            reduction = None
+        if reduction not in REDUCTIONS:
             raise ConfigError(f"reduction (block size) must be 8, 16 or 32, got {self.reduction!r}.")
-        set_("reduction", int(self.reduction))
+        set_("reduction", reduction)
         if self.prompt_type not in PROMPT_TYPES:
             raise ConfigError(f"prompt_type must be 'word' or 'number', got {self.prompt_type!r}.")
 
         bins = validate_bins(self.bins)
         set_("bins", bins)
-        if isinstance(self.anchor_points, (str, bytes)) or not isinstance(self.anchor_points, (list, tuple)):
+        if isinstance(self.anchor_points, (str, bytes, Mapping)) or not isinstance(self.anchor_points, Iterable):
             raise ConfigError(f"ModelConfig.anchor_points must be a list of numbers, got {self.anchor_points!r}.")
         anchors = tuple(float(a) for a in self.anchor_points)
         if len(anchors) != len(bins):

@@ -183,3 +183,13 @@ def test_malformed_clip_architecture_fields():
     with pytest.raises(ConfigError, match="ClipArchitecture.vision_width must be an integer, got 'abc'"):
         ClipArchitecture.from_dict({**without_heads, "vision_width": "abc"})
     assert ClipArchitecture.from_dict({**TINY_CLIP, "vision_width": 8.0}).vision_width == 8
+
+
+def test_numpy_numbers_are_accepted():
+    np = pytest.importorskip("numpy")
+    c = ModelConfig.from_dict({**rn50_config().to_dict(), "clip": {**TINY_CLIP, "vision_width": np.int64(8)},
+                               "reduction": np.int64(8), "input_size": np.int32(448), "decoder_channels": [np.int64(32)],
+                               "anchor_points": np.array([0, 1, 2, 3, 4.3])})
+    assert (c.reduction, c.input_size, c.decoder_channels, c.clip.vision_width) == (8, 448, (32,), 8)
+    assert c.anchor_points == (0, 1, 2, 3, 4.3) and type(c.input_size) is int
+    assert ModelConfig.from_dict({**rn50_config().to_dict(), "reduction": "16"}).reduction == 16
