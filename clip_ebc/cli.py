@@ -75,6 +75,8 @@ def heatmap_targets(heatmap: Path | None, images: list[Path]) -> dict[Path, Path
     if suffix in FORMATS:
         if len(images) > 1:
             raise click.UsageError(f"--heatmap {heatmap} is a file name, but {len(images)} images were given; pass a directory.")
+        if images and heatmap.resolve() == images[0].resolve():
+            raise click.UsageError(f"--heatmap {heatmap} is the input image itself; choose another file name.")
         return {images[0]: heatmap} if images else {}
     if suffix in IMAGE_SUFFIXES and not heatmap.is_dir():
         raise click.UsageError(f"--heatmap {heatmap}: heatmaps are written as .png or .jpg files.")
@@ -232,13 +234,27 @@ def _run(expanded, targets, csv_file, *, model, device, batch_size, native, prec
         writer = csv.DictWriter(csv_file, ["path", "count", "model", "width", "height", "seconds", "heatmap", "error"])
         writer.writeheader()
     failed, total, counted = 0, 0.0, 0
+
+    def report(problem: _InputProblem) -> None:
+        err(f"error: {_shown(problem.message)}")
+        if as_json:
+            echo(json.dumps({"path": problem.name, "error": problem.message}))
+        if writer is not None:
+            writer.writerow({"path": problem.name, "error": problem.message})
+
     try:
         results: Iterator[Any] = iter(())
         if images:  # with nothing to count, no model needs loading (or downloading)
             from .counter import CrowdCounter
 
-            counter = CrowdCounter(model, device=device, batch_size=batch_size,
-                                   resize="native" if native else "dataset", precision=precision, compile=compile_model)
+            try:
+                counter = CrowdCounter(model, device=device, batch_size=batch_size, precision=precision,
+                                       resize="native" if native else "dataset", compile=compile_model)
+            except CLIPEBCError:
+                for item in expanded:  # what is known to be wrong with the inputs is still reported
+                    if isinstance(item, _InputProblem):
+                        report(item)
+                raise
             if len(images) > 1 and sys.stderr.isatty():  # the progress bar shares the terminal: clear its line first
                 echo, err = _below_bar(echo), _below_bar(err)
             results = _with_progress(counter.count_many((str(p) for p in images), batch_size=batch_size,
@@ -246,11 +262,7 @@ def _run(expanded, targets, csv_file, *, model, device, batch_size, native, prec
         for item in expanded:
             if isinstance(item, _InputProblem):
                 failed += 1
-                err(f"error: {_shown(item.message)}")
-                if as_json:
-                    echo(json.dumps({"path": item.name, "error": item.message}))
-                if writer is not None:
-                    writer.writerow({"path": item.name, "error": item.message})
+                report(item)
                 continue
             path, result = item, next(results)
             row: dict[str, Any] = result.to_dict()

@@ -435,7 +435,7 @@ def _offline_hint(error: _MissingFromCache, spec: str, cache_dir) -> DownloadErr
     return DownloadError(
         f"{error} On a machine with internet access run `crowdcount --download {spec}`, then copy the Hugging "
         f"Face cache ({_hf_cache_dir(cache_dir) or '~/.cache/huggingface/hub'}) to this machine; or allow "
-        "network access (unset HF_HUB_OFFLINE)."
+        "network access (unset HF_HUB_OFFLINE, or pass offline=False)."
     )
 
 

@@ -160,6 +160,10 @@ def test_usage_errors_exit_2(args, message):
 def test_model_problems_are_one_line(tmp_path, photos):
     code, _, stderr = invoke(photos / "a.jpg", "-m", tmp_path / "nowhere")
     assert code == 1 and stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such checkpoint folder."
+    table = tmp_path / "rows.csv"  # the inputs' own problems are still reported when the model fails
+    code, _, stderr = invoke(photos / "a.jpg", str(photos / "*.webp"), "-m", tmp_path / "nowhere", "--csv", table)
+    assert code == 1 and stderr.splitlines()[0].endswith("*.webp: no files match this pattern.")
+    assert "no such checkpoint folder" in stderr.splitlines()[1] and "no files match" in table.read_text()
     code, _, stderr = invoke(photos / "a.jpg", "-m", "rn5O.sha")
     assert code == 1 and "is not a known model name" in stderr and "Did you mean rn50.sha" in stderr
     code, _, stderr = invoke(photos / "a.jpg", "-m", "rn50.sha")
@@ -230,6 +234,8 @@ def test_empty_folder_does_not_load_a_model(tmp_path):
 def test_unwritable_outputs(tiny_dirs, photos, tmp_path):
     code, _, stderr = invoke(photos / "a.jpg", "--csv", tmp_path / "missing" / "o.csv")
     assert code == 2 and "cannot write the CSV file" in stderr
+    code, _, stderr = invoke(photos / "a.jpg", "--heatmap", photos / "a.jpg")
+    assert code == 2 and "is the input image itself; choose another file name" in stderr
     code, _, stderr = invoke(photos / "a.jpg", "--heatmap", tmp_path / "h.webp")
     assert code == 2 and "heatmaps are written as .png or .jpg files" in stderr
     code, _, stderr = invoke(photos / "sub", photos / "a.jpg", "--heatmap", tmp_path / "h.png")
