@@ -312,10 +312,7 @@ def resolve_model(
     text = str(spec)
     if text.startswith(HF_PREFIX):
         repo_id, revision = parse_hf_id(text)
-        try:
-            files = _fetch_hf(repo_id, revision, {}, name=text, cache_dir=cache_dir, offline=offline_mode(offline))
-        except _MissingFromCache as e:
-            raise _offline_hint(e, text, cache_dir) from e
+        files = fetch_hub_checkpoint(repo_id, revision, cache_dir=cache_dir, offline=offline)
         return ResolvedModel(text, files[CONFIG_NAME], files[WEIGHTS_NAME])
     path = Path(spec)
     if path.is_dir():
@@ -704,10 +701,10 @@ def extract_checkpoint(archive: Path, member: str | None, dest: Path, *, max_byt
 
     Only the selected member's bytes are read; no path from the archive is ever created on disk, so
     path traversal, links and device files cannot do harm. ``member`` is matched by file name; ``None``
-    picks the archive's only ``.pth``/``.pt`` file. Members over ``max_bytes`` are refused, and so are
+    picks the archive's only ``.pth``/``.pt``/``.safetensors`` file. Members over ``max_bytes`` are refused, and so are
     archives of more than ``MAX_MEMBERS`` entries. A damaged archive raises :class:`DownloadError`.
     """
-    if archive.suffix in (".pth", ".pt", ".safetensors"):
+    if archive.suffix in CHECKPOINT_SUFFIXES:
         return archive  # a bare checkpoint, not an archive
     try:
         return _extract(archive, member, dest, max_bytes)
