@@ -33,3 +33,20 @@ class ModelNotFoundError(CLIPEBCError, LookupError):
 
 class DownloadError(CLIPEBCError):
     """Weights could not be fetched, or what was fetched failed verification."""
+
+
+class ZoneError(ConfigError):
+    """A zone file or polygon is invalid (not JSON, degenerate, self-intersecting, outside the image)."""
+
+
+class VideoError(CLIPEBCError):
+    """A video file, stream or camera cannot be opened or decoded (or stopped for good)."""
+
+
+class MissingExtraError(CLIPEBCError, ImportError):
+    """An optional dependency is not installed; the message names the ``pip install`` that adds it."""
+
+
+def missing_extra(extra: str, what: str, module: str) -> MissingExtraError:
+    """The error for a missing optional extra: ``{what} needs {module}: pip install "clip-ebc[{extra}]"``."""
+    return MissingExtraError(f'{what} needs the optional dependency {module}; install it with: pip install "clip-ebc[{extra}]"')

@@ -7,6 +7,7 @@ raise :class:`~clip_ebc.errors.ImageError` naming the input.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -76,26 +77,38 @@ def _load_path(path: Path, max_pixels: int | None) -> np.ndarray:
         raise ImageError(f"{path}: cannot read it ({e.strerror}).") from e
     if size == 0:
         raise ImageError(f"{path} is empty (0 bytes).")
+    return _decode(path, str(path), max_pixels)
+
+
+def load_image_bytes(data: bytes, name: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an encoded image (JPEG, PNG, ... bytes, e.g. read from object storage or a URL) as
+    :func:`load_image` reads a file: (H, W, 3) uint8 RGB, EXIF applied; ``name`` is used in messages."""
+    if not data:
+        raise ImageError(f"{name} is empty (0 bytes).")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(file: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.ndarray:
     try:
         # Our max_pixels check is the limit; PIL's own hard error (twice its MAX_IMAGE_PIXELS) still
         # applies, and between the two PIL may emit a DecompressionBombWarning.
-        with Image.open(path) as img:
-            _check_pixels(img.size, str(path), max_pixels)
+        with Image.open(file) as img:
+            _check_pixels(img.size, name, max_pixels)
             img = ImageOps.exif_transpose(img)
             img.load()
             return to_rgb_array(img)
     except ImageError:
         raise
     except UnidentifiedImageError as e:
-        raise ImageError(f"{path} is not an image file that can be read (unknown or unsupported format).") from e
+        raise ImageError(f"{name} is not an image file that can be read (unknown or unsupported format).") from e
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path} is too large to decode safely ({e}); downscale it first.") from e
+        raise ImageError(f"{name} is too large to decode safely ({e}); downscale it first.") from e
     except OSError as e:
         if "truncated" in str(e).lower():
-            raise ImageError(f"{path} is truncated or corrupt: {e}.") from e
-        raise ImageError(f"{path} cannot be decoded: {e}.") from e
+            raise ImageError(f"{name} is truncated or corrupt: {e}.") from e
+        raise ImageError(f"{name} cannot be decoded: {e}.") from e
     except (SyntaxError, ValueError) as e:  # PIL raises these for some malformed files
-        raise ImageError(f"{path} is corrupt: {e}.") from e
+        raise ImageError(f"{name} is corrupt: {e}.") from e
 
 
 def _check_pixels(size: tuple[int, int], name: str, max_pixels: int | None) -> None:
