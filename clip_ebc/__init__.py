@@ -31,8 +31,8 @@ __version__ = "0.1.0.dev0"
 _LAZY = {
     "CrowdCounter": ".counter",
     "CountResult": ".counter",
-    "list_models": ".hub",
-    "load_model": ".hub",
+    "list_models": ".registry",
+    "load_model": ".loading",
     "CLIPEBC": ".model",
     "CLIPEBCOutput": ".model",
     "ModelConfig": ".config",
@@ -63,7 +63,8 @@ __all__ = [
 if TYPE_CHECKING:
     from .config import ClipArchitecture, ModelConfig
     from .counter import CountResult, CrowdCounter
-    from .hub import list_models, load_model
+    from .loading import load_model
+    from .registry import list_models
     from .model import CLIPEBC, CLIPEBCOutput
     from .sliding_window import sliding_window_density
 

@@ -104,7 +104,7 @@ def _shown(text: object) -> str:
 
 
 def _print_models(echo) -> None:
-    from .hub import is_cached, list_models, load_manifest
+    from .registry import is_cached, list_models, load_manifest
 
     manifest = load_manifest()
     rows = [("name", "backbone", "dataset", "reported MAE / RMSE", "cached")]
@@ -119,13 +119,14 @@ def _print_models(echo) -> None:
 
 
 def _download(names: str, echo, err) -> int:
-    from .hub import list_models, resolve_model
+    from .loading import download
+    from .registry import list_models
 
     targets = [m.name for m in list_models() if m.downloadable] if names == "all" else names.split(",")
     failed = 0
     for name in targets:
         try:
-            resolved = resolve_model(name.strip(), offline=False)
+            resolved = download(name.strip())
             echo(f"{resolved.name}: {resolved.weights_file.parent}")
         except CLIPEBCError as e:
             err(f"error: {e}")

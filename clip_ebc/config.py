@@ -58,7 +58,16 @@ BACKBONES: dict[str, BackboneInfo] = {
 }
 
 
-def _integer(owner: str, name: str, value: Any, *, minimum: int | None = None) -> int:
+MAX_SIZE = 1 << 16
+"""Largest width, depth, head count, resolution or count a config may hold: far above every CLIP model,
+far below sizes whose tensors could not even be described (a hand-edited 10**9 would overflow)."""
+FLOAT32_MAX = 3.4028234663852886e38
+STD_RANGE = (1e-4, 1e4)
+"""Normalisation standard deviations outside this range make the model's inputs overflow or vanish in
+float32 (ImageNet's are about 0.22)."""
+
+
+def _integer(owner: str, name: str, value: Any, *, minimum: int | None = None, maximum: int = MAX_SIZE) -> int:
     """``value`` as an int, or a ConfigError naming ``owner.name`` (a hand-edited config.json may hold
     strings, nulls or fractions)."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):  # NumPy numbers are Real
@@ -71,6 +80,8 @@ def _integer(owner: str, name: str, value: Any, *, minimum: int | None = None) -
         raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}.")
     if minimum is not None and number < minimum:
         raise ConfigError(f"{owner}.{name} must be at least {minimum}, got {value!r}.")
+    if number > maximum:
+        raise ConfigError(f"{owner}.{name} must be at most {maximum:,}, got {value!r}.")
     return int(number)
 
 
@@ -288,8 +299,8 @@ class ModelConfig:
         anchors = tuple(float(a) for a in self.anchor_points)
         if len(anchors) != len(bins):
             raise ConfigError(f"{len(bins)} bins need {len(bins)} anchor points, got {len(anchors)}.")
-        if any(not math.isfinite(a) or a < 0 for a in anchors):
-            raise ConfigError(f"anchor points must be finite and non-negative, got {list(anchors)}.")
+        if any(not math.isfinite(a) or a < 0 or a > FLOAT32_MAX for a in anchors):  # the model holds float32
+            raise ConfigError(f"anchor points must be finite (in float32) and non-negative, got {list(anchors)}.")
         set_("anchor_points", anchors)
         if self.prompts is not None and (isinstance(self.prompts, str) or not isinstance(self.prompts, (list, tuple))
                                          or not all(isinstance(p, str) for p in self.prompts)):
@@ -336,8 +347,11 @@ class ModelConfig:
             if len(value) != 3:
                 raise ConfigError(f"{name} needs 3 values (R, G, B), got {list(value)}.")
             set_(name, value)
-        if any(s <= 0 for s in self.std):
-            raise ConfigError(f"std values must be positive, got {list(self.std)}.")
+        if not all(math.isfinite(m) and abs(m) <= STD_RANGE[1] for m in self.mean):
+            raise ConfigError(f"mean values must be finite numbers (ImageNet's are about 0.45), got {list(self.mean)}.")
+        if not all(STD_RANGE[0] <= s <= STD_RANGE[1] for s in self.std):  # also refuses NaN
+            raise ConfigError(f"std values must be between {STD_RANGE[0]:g} and {STD_RANGE[1]:g} (ImageNet's are about "
+                              f"0.22), got {list(self.std)}.")
         if not isinstance(self.provenance, Mapping):
             raise ConfigError(f"ModelConfig.provenance must be a mapping, got {self.provenance!r}.")
         set_("provenance", dict(self.provenance))
@@ -430,6 +444,8 @@ class ModelConfig:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"the model config is not valid JSON ({e.msg} at line {e.lineno}).") from e
+        except RecursionError:
+            raise ConfigError("the model config is nested too deeply to be a clip-ebc config.json.") from None
         return cls.from_dict(data)
 
 

@@ -36,9 +36,10 @@ from .bins import (
     middle_anchor_points,
     official_anchor_points,
 )
+from .archive import looks_like_checkpoint
 from .config import BACKBONES, ClipArchitecture, DecoderEntry, ModelConfig, canonical_backbone
 from .errors import CheckpointError, CLIPEBCError, ConfigError, ConversionError
-from .hub import sha256_file
+from .fetch import sha256_file
 from .model import CLIPEBC, check_state_dict
 from .text import encode_prompts
 
@@ -64,8 +65,8 @@ def split_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[st
         if not isinstance(value, Tensor):
             raise ConversionError(f"entry {key!r} of the checkpoint is a {type(value).__name__}, not a tensor.")
         name = key.removeprefix("module.")
-        if value.is_floating_point():
-            value = value.float()
+        # a copy: the converted model must not share storage with the caller's state dict
+        value = value.detach().to(torch.float32 if value.is_floating_point() else value.dtype, copy=True)
         if name.startswith("text_encoder."):
             text[name[len("text_encoder."):]] = value
         elif name.startswith("image_decoder."):
@@ -263,7 +264,7 @@ def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
             return load_file(str(path))
         except (SafetensorError, RuntimeError, OSError) as e:
             raise ConversionError(f"{path} is not a readable safetensors file ({e}).") from e
-    if not head.startswith(b"PK") and head[:2] != b"\x80\x02":
+    if not looks_like_checkpoint(head, ".pth"):
         raise ConversionError(
             f"{path} is not a PyTorch checkpoint (.pth) or a safetensors file; pass the best_mae_0.pth "
             "(or ckpt.pth) file of an official run."
@@ -274,7 +275,7 @@ def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
         reason = _load_failure_reason(e)
         raise ConversionError(
-            f"{path} cannot be read as a PyTorch checkpoint with weights_only=True ({reason})."
+            f"{path} cannot be read as a PyTorch checkpoint ({reason})."
         ) from e
     if isinstance(obj, Mapping) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
@@ -306,12 +307,19 @@ def _numpy_scalars_allowed():
 
 
 def _load_failure_reason(error: Exception) -> str:
-    """The informative line of a ``torch.load`` error (its first lines are generic advice)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if "Unsupported global" in line or "Unsupported operand" in line:
-            return line.split(" Please use ")[0]  # torch's advice is to trust the file, which we do not
-    return re.sub(r"\x1b\[[0-9;]*m", "", lines[0]) if lines else type(error).__name__
+    """Why ``torch.load`` refused a file, without torch's advice to load it with ``weights_only=False``
+    (which would run whatever code the pickle names): the refused global when there is one (torch
+    words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module x is blocked",
+    depending on the release), else the first line that is not advice."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    found = re.search(r"GLOBAL\s+([\w.]+)", text, re.IGNORECASE)
+    if found:
+        return (f"it names the Python global '{found.group(1)}', which a checkpoint may not contain: only tensors "
+                "and plain data are loaded")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    advice = re.compile(r"weights_only|will likely succeed|Please |re-running|trust", re.IGNORECASE)
+    useful = [line for line in lines if not advice.search(line)]
+    return useful[0] if useful else type(error).__name__
 
 
 def convert_file(

@@ -30,8 +30,10 @@ import torch.nn.functional as F
 
 from .errors import CLIPEBCError, ConfigError, ImageError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, describe, load_image
+from .loading import load
 from .model import CLIPEBC
 from .preprocess import ResizeRule, to_input_tensor
+from .runtime import prepare_for_inference, resolve_precision, select_device
 from .tiling import Crop, run_plans, tile_plan, whole_plan, window_plan
 
 RESNET_ALIGN = 32
@@ -41,30 +43,6 @@ CHUNK_PIXELS = 16_000_000
 or ``batch_size`` images, whichever is reached first (an image larger than this is a group of its own)."""
 
 
-def select_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA if available, else Apple MPS, else CPU. Otherwise the named device, checked."""
-    if isinstance(device, torch.device):
-        device = str(device)  # checked like a name: torch.device("cuda:1") exists on any machine
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"{device!r} is not a device; use auto, cpu, cuda, cuda:N or mps.") from e
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"{device!r} is not a device clip-ebc runs on; use auto, cpu, cuda, cuda:N or mps.")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was requested, but CUDA is not available here; use --device cpu.")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s).")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"device {device!r} was requested, but Apple MPS is not available here; use --device cpu.")
-    return dev
 
 
 @dataclass
@@ -187,7 +165,7 @@ class CrowdCounter:
     float32; ``False`` runs the model as loaded).
     compile: run the model through ``torch.compile`` (off by default: the first batch compiles for
     tens of seconds, which only pays over many images of the same size).
-    cache_dir, offline, progress: see :func:`clip_ebc.hub.resolve_model`.
+    cache_dir, offline, progress: see :func:`clip_ebc.loading.resolve_model`.
     """
 
     def __init__(
@@ -209,8 +187,6 @@ class CrowdCounter:
         offline: bool | None = None,
         progress: bool = True,
     ) -> None:
-        from .fastpath import prepare_for_inference, resolve_precision
-
         self.device = select_device(device)
         self.dtype = resolve_precision(precision, self.device)
         if isinstance(model, CLIPEBC):
@@ -219,13 +195,8 @@ class CrowdCounter:
             self.name = str(model.config.provenance.get("model_name", "custom"))
             dataset = model.config.provenance.get("dataset")
         else:
-            from .hub import resolve_model
-            from .model import load_checkpoint
-
-            resolved = resolve_model(model, cache_dir=cache_dir, offline=offline, progress=progress)
-            self.model = load_checkpoint(resolved.config_file, resolved.weights_file)
-            self.name = resolved.name
-            dataset = resolved.info.dataset if resolved.info else self.model.config.provenance.get("dataset")
+            loaded = load(model, cache_dir=cache_dir, offline=offline, progress=progress)
+            self.model, self.name, dataset = loaded.model, loaded.name, loaded.dataset
         if optimize:
             self.model = prepare_for_inference(self.model, self.device)
         else:

@@ -29,8 +29,9 @@ from torch import Tensor, nn
 from .backbones import build_image_encoder
 from .config import ModelConfig
 from .decoder import build_decoder, init_conv_bn
-from .errors import CheckpointError, ConfigError
-from .hub import CONFIG_NAME, WEIGHTS_NAME
+from .constants import CONFIG_NAME, WEIGHTS_NAME
+from .errors import CheckpointError, ConfigError, ModelNotFoundError
+from .fetch import checkpoint_folder, fetch_hub_checkpoint, parse_hf_id
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 """Initial ``logit_scale`` of a new model (upstream's; not CLIP's trained temperature)."""
@@ -134,10 +135,13 @@ class CLIPEBC(nn.Module, PyTorchModelHubMixin):  # the Hub card's metadata is in
         the model card ``README.md``)."""
         from safetensors.torch import save_file
 
-        if getattr(self, "_clip_ebc_inference_only", False):
+        with torch.device("meta"):
+            reference = CLIPEBC(self.config)
+        if reference.state_dict().keys() != self.state_dict().keys():
             raise CheckpointError(
-                "this model was prepared for inference (BatchNorm folded into the convolutions) and cannot be saved "
-                "as a checkpoint; save the model before preparing it, or load it again."
+                "this model's layers no longer match its config (it was prepared for inference: BatchNorm folded "
+                "into the convolutions), so it cannot be saved as a checkpoint; save the model before preparing "
+                "it, or load it again."
             )
         save_directory = Path(save_directory)
         # huggingface_hub keeps an existing README.md; a card left from an earlier save would describe another model
@@ -176,26 +180,16 @@ class CLIPEBC(nn.Module, PyTorchModelHubMixin):  # the Hub card's metadata is in
         """
         path = Path(pretrained_model_name_or_path)
         if path.is_dir():
-            config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-            for f in (config_file, weights_file):
-                if not f.is_file():
-                    raise CheckpointError(
-                        f"{path} is not a clip-ebc checkpoint: {f.name} is missing (a checkpoint "
-                        f"directory holds {CONFIG_NAME} and {WEIGHTS_NAME}, as save_pretrained writes)."
-                    )
+            config_file, weights_file = checkpoint_folder(path)
         else:
-            from .errors import ModelNotFoundError
-            from .hub import fetch_hub_checkpoint
-
             text = str(pretrained_model_name_or_path)
-            if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+            if path.exists() or text.startswith((".", "/", "~")) or text.removeprefix("hf-hub:").count("/") != 1:
                 raise ModelNotFoundError(f"{text} is neither a checkpoint folder nor a Hub repository id (ORG/NAME).")
-
-            files = fetch_hub_checkpoint(
-                str(pretrained_model_name_or_path), revision, cache_dir=cache_dir, offline=local_files_only or None,
+            repo_id, at = parse_hf_id(text)
+            config_file, weights_file = fetch_hub_checkpoint(
+                repo_id, revision or at, cache_dir=cache_dir, offline=local_files_only or None,
                 force_download=force_download, token=token,
             )
-            config_file, weights_file = files[CONFIG_NAME], files[WEIGHTS_NAME]
         return load_checkpoint(config_file, weights_file, map_location=map_location)
 
 
@@ -245,6 +239,13 @@ def load_checkpoint(
     with torch.device("meta"):
         model = CLIPEBC(config)
     check_state_dict(model, state, source=f"{weights_file} does not fit the model its {Path(config_file).name} describes")
+    # a float64 sum is NaN or infinite exactly when some element is (finite float32 values cannot overflow it)
+    broken = [k for k, v in state.items() if v.is_floating_point() and not math.isfinite(v.sum(dtype=torch.float64))]
+    if broken:
+        raise CheckpointError(
+            f"{weights_file} holds NaN or infinite values in {_preview(broken)}; the checkpoint is damaged or the "
+            "training diverged. Re-download or re-convert it."
+        )
     # weights stored in half precision are loaded as float32, the dtype the model computes in
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
@@ -274,8 +275,17 @@ def check_state_dict(
     wrong = [
         f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
         for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
+        if k in state and isinstance(state[k], Tensor) and tuple(state[k].shape) != tuple(v.shape)
     ]
+    # any floating-point dtype is converted on loading; integers or booleans in place of weights are not
+    wrong_type = [
+        f"{k} {str(state[k].dtype).replace('torch.', '')} (expected {'floating point' if v.is_floating_point() else v.dtype})"
+        for k, v in expected.items()
+        if k in state and isinstance(state[k], Tensor) and (
+            state[k].is_floating_point() != v.is_floating_point()
+            or (not v.is_floating_point() and state[k].dtype != v.dtype))
+    ]
+    not_tensors = [k for k in expected if k in state and not isinstance(state[k], Tensor)]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing tensor(s): {_preview(missing)}")
@@ -283,6 +293,10 @@ def check_state_dict(
         problems.append(f"{len(unexpected)} unexpected tensor(s): {_preview(unexpected)}")
     if wrong:
         problems.append(f"{len(wrong)} tensor(s) of the wrong shape: {_preview(wrong)}")
+    if wrong_type:
+        problems.append(f"{len(wrong_type)} tensor(s) of the wrong type: {_preview(wrong_type)}")
+    if not_tensors:
+        problems.append(f"{len(not_tensors)} entries that are not tensors: {_preview(not_tensors)}")
     if problems:
         raise CheckpointError(
             f"{source}: " + "; ".join(problems) + ". " + advice

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CLIPEBCError, DownloadError
-from .hub import CHECKPOINT_FILES, ModelInfo, load_manifest, sha256_file
+from .constants import CHECKPOINT_FILES
+from .fetch import sha256_file
+from .loading import convert_for, resolve_model
+from .registry import ModelInfo, load_manifest
 
 
 def build_folder(info: ModelInfo, out: Path, *, repo_id: str, checkpoint: Path | None = None) -> Path:
@@ -27,7 +30,6 @@ def build_folder(info: ModelInfo, out: Path, *, repo_id: str, checkpoint: Path |
 
     from .card import model_card_text
     from .config import ModelConfig
-    from .hub import convert_for, resolve_model
 
     card_kwargs = dict(
         title=f"CLIP-EBC {info.name}",

@@ -124,7 +124,7 @@ def official_pth(official_rn50, tmp_path_factory) -> bytes:
 def env(tmp_path, monkeypatch):
     """An isolated weights cache and Hugging Face home, no offline flag, and an empty manifest file
     (``CLIP_EBC_MANIFEST``) for the test to fill in."""
-    from clip_ebc import hub
+    from clip_ebc import registry
 
     monkeypatch.setenv("CLIP_EBC_CACHE", str(tmp_path / "clip-ebc-cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
@@ -132,6 +132,6 @@ def env(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     manifest = tmp_path / "manifest.json"
     monkeypatch.setenv("CLIP_EBC_MANIFEST", str(manifest))
-    hub._load_manifest.cache_clear()
+    registry._load_manifest.cache_clear()
     yield manifest
-    hub._load_manifest.cache_clear()
+    registry._load_manifest.cache_clear()

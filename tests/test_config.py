@@ -96,9 +96,15 @@ def test_json_round_trip(config, tmp_path):
         (dict(num_vpt=32), "applies to ViT backbones only"),
         (dict(decoder_channels=("U",)), "at least one positive width"),
         (dict(mean=(0.5, 0.5)), "mean needs 3 values"),
-        (dict(std=(0.2, 0.0, 0.2)), "std values must be positive"),
+        (dict(std=(0.2, 0.0, 0.2)), "std values must be between 0.0001 and 10000"),
         (dict(format_version=99), "format_version 99.*upgrade clip-ebc"),
-        (dict(anchor_points=[0, 1, 2, 3, math.nan]), "finite and non-negative"),
+        (dict(anchor_points=[0, 1, 2, 3, math.nan]), "finite \\(in float32\\) and non-negative"),
+        # values that are numbers in Python but break the model as it holds them (float32)
+        (dict(std=(0.2, 1e-45, 0.2)), "std values must be between 0.0001 and 10000"),
+        (dict(std=(0.2, math.nan, 0.2)), "std values must be between"),
+        (dict(mean=(0.5, math.nan, 0.5)), "mean values must be finite numbers"),
+        (dict(anchor_points=[0, 1, 2, 3, 1e39]), "finite \\(in float32\\) and non-negative"),
+        (dict(decoder_channels=(1_000_000_000,)), "decoder_channels must be at most 65,536, got 1000000000"),
     ],
 )
 def test_config_errors(kwargs, message):
@@ -120,6 +126,8 @@ def test_from_dict_rejects_unknown_and_missing_fields():
         ModelConfig.from_dict(data)
     with pytest.raises(ConfigError, match="not valid JSON"):
         ModelConfig.from_json("{not json")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        ModelConfig.from_json('{"bins": ' + "[" * 100_000 + "]" * 100_000 + "}")
 
 
 @pytest.mark.parametrize("bins, message", [([[0], [1, None]], "bin 0 must be a pair \\(lo, hi\\), got \\[0\\]"),

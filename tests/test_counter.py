@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from clip_ebc import CLIPEBC, ConfigError, CountResult, CrowdCounter, ImageError
-from clip_ebc.counter import select_device
+from clip_ebc.runtime import select_device
 from clip_ebc.sliding_window import sliding_window_density
 from conftest import make_scene
 

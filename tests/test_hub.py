@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from clip_ebc import CLIPEBC, DownloadError, ModelNotFoundError
-from clip_ebc import hub
-from clip_ebc.hub import extract_checkpoint, load_manifest, resolve_model
+from clip_ebc import fetch, loading, registry
+from clip_ebc.archive import extract_checkpoint
+from clip_ebc.loading import resolve_model
+from clip_ebc.registry import load_manifest
 from servers import HubServer, ReleaseServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +62,7 @@ def entry(official_rn50, sources, **kw):
 
 def write_manifest(path: Path, models: dict, default: str | None = None) -> None:
     path.write_text(json.dumps({"format_version": 1, "default": default or next(iter(models)), "models": models}))
-    hub._load_manifest.cache_clear()
+    registry._load_manifest.cache_clear()
 
 
 def check_parity(config_file, weights_file, official_rn50):
@@ -75,7 +77,7 @@ def check_parity(config_file, weights_file, official_rn50):
 
 
 def test_shipped_manifest_records_only_known_facts():
-    hub._load_manifest.cache_clear()
+    registry._load_manifest.cache_clear()
     manifest = load_manifest(ROOT / "weights_manifest.json")
     assert manifest.default == "vit_b16.nwpu"
     nwpu = manifest.get("vit_b16.nwpu")
@@ -95,7 +97,7 @@ def test_shipped_manifest_records_only_known_facts():
 
 
 def test_packaged_manifest_is_the_top_level_one():
-    assert hub.manifest_path().read_text() == (ROOT / "weights_manifest.json").read_text()
+    assert registry.manifest_path().read_text() == (ROOT / "weights_manifest.json").read_text()
 
 
 def test_wheel_contains_the_manifest(tmp_path):
@@ -149,7 +151,7 @@ def test_hub_download_pinned_verified_and_cached(env, hub_server, tiny_files, of
     assert resolved.weights_file.read_bytes() == tiny_files["model.safetensors"]
     assert COMMIT_NEW in str(resolved.weights_file)  # the snapshot of the pinned commit
     check_parity(resolved.config_file, resolved.weights_file, official_rn50)
-    assert hub.is_cached(hub.load_manifest().get("rn50.tiny"))
+    assert registry.is_cached(registry.load_manifest().get("rn50.tiny"))
     before = len(hub_server.requests)
     again = resolve_model("rn50.tiny", offline=True)  # warm cache: no network at all
     assert again.weights_file == resolved.weights_file and len(hub_server.requests) == before
@@ -172,7 +174,7 @@ def test_corrupted_hub_cache_is_refused_and_fetched_again(env, hub_server, tiny_
     with pytest.raises(DownloadError, match="cached model.safetensors of rn50.tiny is corrupted.*crowdcount --download rn50.tiny"):
         resolve_model("rn50.tiny", offline=True)
     resolved = resolve_model("rn50.tiny")
-    assert "refusing it and downloading it again" in caplog.text
+    assert "does not match the registry's SHA-256; downloading it again" in caplog.text
     assert hub_server.count("GET") == gets + 1
     assert resolved.weights_file.read_bytes() == tiny_files["model.safetensors"]
     check_parity(resolved.config_file, resolved.weights_file, official_rn50)
@@ -181,7 +183,7 @@ def test_corrupted_hub_cache_is_refused_and_fetched_again(env, hub_server, tiny_
 def test_hub_checksum_mismatch_is_never_used(env, hub_server, tiny_files, official_rn50):
     wrong = {"config.json": sha(tiny_files["config.json"]), "model.safetensors": "0" * 64}
     write_manifest(env, {"rn50.bad": entry(official_rn50, [hf_source(tiny_files, checksums=wrong)])})
-    with pytest.raises(DownloadError, match="does not match the manifest's SHA-256 even after a fresh download"):
+    with pytest.raises(DownloadError, match="does not match the registry's SHA-256 even after a fresh download; refusing to use it.*please report it\\.$"):
         resolve_model("rn50.bad")
 
 
@@ -234,7 +236,7 @@ def test_release_archive_is_converted_once_and_cached(env, release_server, offic
     write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)])})
     resolved = resolve_model("rn50.tiny", progress=False)
     folder = resolved.weights_file.parent
-    assert folder == hub.converted_dir("rn50.tiny")
+    assert folder == fetch.converted_dir("rn50.tiny")
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "checksums.json", "config.json", "model.safetensors"]
     check_parity(resolved.config_file, resolved.weights_file, official_rn50)
     config = json.loads(resolved.config_file.read_text())
@@ -249,9 +251,12 @@ def test_corrupted_converted_copy_is_refused_and_rebuilt(env, release_server, of
     write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)])})
     weights = resolve_model("rn50.tiny", progress=False).weights_file
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(DownloadError, match="config.json and model.safetensors .the converted copy of rn50.tiny. are not in"):
+    with pytest.raises(DownloadError) as info:
         resolve_model("rn50.tiny", offline=True)
-    assert "is corrupted" in caplog.text and "refusing it" in caplog.text
+    # it says what happened to the file and how to get it back, not that the model "is not in" the cache
+    message = str(info.value)
+    assert "was corrupted (model.safetensors did not match its checksum) and has been removed" in message
+    assert "Run `crowdcount --download rn50.tiny` with network access" in message and "are not in" not in message
     resolved = resolve_model("rn50.tiny", progress=False)
     assert release_server.count("GET") == 4
     check_parity(resolved.config_file, resolved.weights_file, official_rn50)
@@ -264,7 +269,7 @@ def test_release_checksum_is_checked_when_known(env, release_server, official_rn
     resolve_model("rn50.good", progress=False)
     with pytest.raises(DownloadError, match="not the manifest's f{64}; refusing"):
         resolve_model("rn50.bad", progress=False)
-    assert not hub.converted_dir("rn50.bad").exists()
+    assert not fetch.converted_dir("rn50.bad").exists()
 
 
 def test_sources_are_tried_in_order(env, hub_server, release_server, official_rn50, caplog):
@@ -395,7 +400,7 @@ def test_cli_download_then_offline_count(env, release_server, official_rn50, tmp
     proc = subprocess.run([sys.executable, "-m", "clip_ebc.cli", "--download", "rn50.tiny"], env=run_env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert str(hub.converted_dir("rn50.tiny")) in proc.stdout
+    assert str(fetch.converted_dir("rn50.tiny")) in proc.stdout
     listing = subprocess.run([sys.executable, "-m", "clip_ebc.cli", "--list-models"], env=run_env,
                              capture_output=True, text=True, timeout=60).stdout
     assert "rn50.tiny (default)" in listing and listing.splitlines()[1].rstrip().endswith("yes")
@@ -431,10 +436,10 @@ def test_storing_keeps_a_good_copy_and_replaces_leftovers(env, release_server, o
     record = json.loads((folder / "checksums.json").read_text())
     record = {"made_from": record["made_from"], "archive_sha256": record["archive_sha256"]}
     inode = (folder / "model.safetensors").stat().st_ino
-    assert hub._store_converted(info, source, converted_rn50, record) == folder
+    assert loading._store_converted(info, source, converted_rn50, record) == folder
     assert (folder / "model.safetensors").stat().st_ino == inode  # a reader of the good copy keeps its files
     (folder / "checksums.json").unlink()  # leftovers without a record are replaced
-    assert hub._store_converted(info, source, converted_rn50, record) == folder
+    assert loading._store_converted(info, source, converted_rn50, record) == folder
     assert (folder / "checksums.json").is_file() and (folder / "model.safetensors").stat().st_ino != inode
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []  # nothing left aside
 
@@ -446,13 +451,13 @@ def test_a_copy_stored_by_another_process_meanwhile_is_used(env, release_server,
 
     keep = first.parent / "other-process"
     shutil.copytree(first, keep)
-    real_replace = hub.os.replace
+    real_replace = loading.os.replace
 
     def racing_replace(src, dst):  # another process renames its finished copy into place first
         real_replace(keep, dst)
         raise OSError(39, "Directory not empty")
 
-    monkeypatch.setattr(hub.os, "replace", racing_replace)
+    monkeypatch.setattr(loading.os, "replace", racing_replace)
     shutil.rmtree(first)
     resolved = resolve_model("rn50.tiny", progress=False)
     check_parity(resolved.config_file, resolved.weights_file, official_rn50)

@@ -85,7 +85,7 @@ def test_anchor_points_must_match_the_config(converted_rn50, tmp_path):
 
 
 def test_missing_or_corrupt_files(converted_rn50, tmp_path):
-    with pytest.raises(CheckpointError, match="config.json is missing"):
+    with pytest.raises(CheckpointError, match="is not a clip-ebc checkpoint folder: config.json, model.safetensors missing"):
         CLIPEBC.from_pretrained(tmp_path)
     converted_rn50.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not safetensors at all")
@@ -130,7 +130,7 @@ def test_half_precision_weights_load_as_float32(converted_rn50, tmp_path, offici
 
 def test_paths_that_are_not_checkpoints(converted_rn50, tmp_path):
     from clip_ebc import ModelNotFoundError
-    from clip_ebc.hub import resolve_model
+    from clip_ebc.loading import resolve_model
 
     with pytest.raises(ModelNotFoundError, match="is neither a checkpoint folder nor a Hub repository id"):
         CLIPEBC.from_pretrained(tmp_path / "typo")

@@ -38,7 +38,7 @@ def test_local_checkpoint_for_models_without_a_download_source(env, official_rn5
     write_manifest(env, {"rn50.manual": entry(official_rn50, [])})
     pth = tmp_path / "best_mae.pth"
     pth.write_bytes(official_pth)
-    from clip_ebc.hub import load_manifest
+    from clip_ebc.registry import load_manifest
 
     folder = build_folder(load_manifest().get("rn50.manual"), tmp_path / "out", repo_id="a/b", checkpoint=pth)
     assert json.loads((folder / "config.json").read_text())["provenance"]["model_name"] == "rn50.manual"

@@ -30,9 +30,9 @@ def _build_cli():
                   help="Write the NWPU test-server file (use with --split test).")
     def main(model, data_root, split, sliding_window, window, stride, device, nwpu_submission) -> None:
         """Evaluate MODEL (registry name, checkpoint folder or hf-hub: id) on a processed split of DATA_ROOT."""
-        from ..counter import select_device
+        from ..runtime import select_device
         from ..errors import CLIPEBCError
-        from ..hub import load_model
+        from ..loading import load_model
         from ..images import IMAGE_SUFFIXES
         from .data import CrowdDataset
 

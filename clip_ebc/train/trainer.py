@@ -173,7 +173,7 @@ def _distributed(device_choice: str) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    from ..counter import select_device  # checks that the device exists
+    from ..runtime import select_device  # checks that the device exists
 
     use_cuda = device_choice.startswith("cuda") or (device_choice == "auto" and torch.cuda.is_available())
     if world == 1:
@@ -217,7 +217,7 @@ def _anchor_values(config: TrainConfig, bins) -> tuple[list[float], str]:
 def build_model(config: TrainConfig) -> CLIPEBC:
     """The model to train: from open_clip's pretrained CLIP weights, random, or a clip-ebc checkpoint."""
     if config.init not in ("openai", "random"):
-        from ..hub import load_model
+        from ..loading import load_model
 
         model = load_model(config.init)
         if model.config.is_vit and model.config.input_size != config.input_size:
@@ -387,7 +387,7 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
     model_config = model.config
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     if config.amp and device.type == "cpu":
-        from ..fastpath import native_cpu_bfloat16
+        from ..runtime import native_cpu_bfloat16
 
         if not native_cpu_bfloat16():
             raise ConfigError("amp on a CPU needs native bfloat16 (AVX512-BF16/AMX or ARM BF16); this CPU has none.")

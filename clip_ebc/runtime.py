@@ -1,12 +1,13 @@
-"""Preparing a loaded model for fast inference: BatchNorm folding, memory format, precision.
+"""Where and how a model runs: the device, the compute precision, and inference preparation.
 
-* :func:`fold_batchnorm` merges every eval-mode BatchNorm into the convolution before it. In float32
-  the result equals the unfolded model up to rounding (tests check 1e-5); the folded model is for
-  inference only and refuses to be saved.
+* :func:`select_device` turns ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` into a device that exists.
 * :func:`resolve_precision` turns ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"`` into a
   dtype that runs natively on the device: bfloat16 on CPUs with native bfloat16 arithmetic
   (AVX512-BF16 or AMX on x86, the BF16 extension on ARM), float16 or bfloat16 on CUDA. Emulated
   bfloat16, which is slower than float32, is never chosen and is refused when asked for.
+* :func:`fold_batchnorm` merges every eval-mode BatchNorm into the convolution before it. In float32
+  the result equals the unfolded model up to rounding (tests check 1e-5); a folded model no longer
+  matches its config's structure, so ``save_pretrained`` refuses it.
 * Lower precision runs the encoder and decoder under autocast; the model's head computes the
   similarities, the softmax over bins, the expectation and the sum in float32.
 """
@@ -26,6 +27,32 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 _ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA if available, else Apple MPS, else CPU. Otherwise the named device, checked."""
+    if isinstance(device, torch.device):
+        device = str(device)  # checked like a name: torch.device("cuda:1") exists on any machine
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"{device!r} is not a device; use auto, cpu, cuda, cuda:N or mps.") from e
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{device!r} is not a device clip-ebc runs on; use auto, cpu, cuda, cuda:N or mps.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was requested, but CUDA is not available here; use --device cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s).")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device!r} was requested, but Apple MPS is not available here; use --device cpu.")
+    return dev
+
+
 @torch.no_grad()
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A Conv2d (with bias) computing ``bn(conv(x))`` with ``bn``'s running statistics.
@@ -35,11 +62,13 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """
     scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    # built on the meta device: a random initialisation here would only be overwritten
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
-                      device=conv.weight.device, dtype=conv.weight.dtype)
-    fused.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
-    fused.bias.copy_((bias - bn.running_mean.double()) * scale + bn.bias.double())
+                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode, device="meta")
+    dtype = conv.weight.dtype
+    fused.weight = nn.Parameter((conv.weight.double() * scale.view(-1, 1, 1, 1)).to(dtype), requires_grad=False)
+    fused.bias = nn.Parameter(((bias - bn.running_mean.double()) * scale + bn.bias.double()).to(dtype),
+                              requires_grad=False)
     return fused
 
 
@@ -70,8 +99,6 @@ def fold_batchnorm(model: nn.Module) -> int:
                     setattr(module, name, fuse_conv_bn(child, bn))
                     setattr(module, "bn" + name[len("conv"):], nn.Identity())
                     folded += 1
-    if folded:
-        model._clip_ebc_inference_only = True  # type: ignore[assignment]
     return folded
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from clip_ebc import CheckpointError, ConfigError, CrowdCounter
-from clip_ebc import fastpath
-from clip_ebc.fastpath import fold_batchnorm, prepare_for_inference, resolve_precision
+from clip_ebc import runtime
+from clip_ebc.runtime import fold_batchnorm, prepare_for_inference, resolve_precision
 from conftest import make_scene
 
 
@@ -42,7 +42,7 @@ def test_folded_batchnorm_equals_unfolded(which, expected_folds, converted_rn50,
 def test_prepared_model_is_channels_last_and_cannot_be_saved(converted_rn50, tmp_path):
     model = prepare_for_inference(copy.deepcopy(converted_rn50), torch.device("cpu"))
     assert model.decoder[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
-    with pytest.raises(CheckpointError, match="prepared for inference .* cannot be saved"):
+    with pytest.raises(CheckpointError, match="prepared for inference: BatchNorm folded.* cannot be saved"):
         model.save_pretrained(tmp_path)
     train_mode = copy.deepcopy(converted_rn50).train()
     with pytest.raises(ConfigError, match="needs a model in eval mode"):
@@ -66,7 +66,7 @@ def test_head_stays_float32_under_autocast(converted_rn50):
     assert out.logits.dtype == out.probs.dtype == out.density.dtype == torch.float32
 
 
-@pytest.mark.skipif(not fastpath.native_cpu_bfloat16(), reason="this CPU has no native bfloat16")
+@pytest.mark.skipif(not runtime.native_cpu_bfloat16(), reason="this CPU has no native bfloat16")
 def test_bfloat16_counts_are_close_to_float32(converted_rn50, converted_vit):
     image, _ = make_scene(448, 640, 80)
     for model in (converted_rn50, converted_vit):
@@ -84,10 +84,10 @@ def test_precision_choices(monkeypatch):
         resolve_precision("float16", cpu)
     with pytest.raises(ConfigError, match="precision must be one of"):
         resolve_precision("int8", cpu)
-    monkeypatch.setattr(fastpath, "native_cpu_bfloat16", lambda: False)
+    monkeypatch.setattr(runtime, "native_cpu_bfloat16", lambda: False)
     with pytest.raises(ConfigError, match="no native bfloat16 .* emulated and slower than float32"):
         resolve_precision("bfloat16", cpu)
-    monkeypatch.setattr(fastpath, "native_cpu_bfloat16", lambda: True)
+    monkeypatch.setattr(runtime, "native_cpu_bfloat16", lambda: True)
     assert resolve_precision("bf16", cpu) is torch.bfloat16
     assert resolve_precision("auto", torch.device("cuda")) is torch.float16
 
