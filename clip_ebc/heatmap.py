@@ -7,14 +7,21 @@ directly (no pyplot, no global state), so it works headless and in threads.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    from .zones import Zone
+
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+ZONE_COLOURS = ("#00e5ff", "#b6ff3b", "#ff5ad9", "#ffffff", "#5c9dff", "#ffd23f")
+"""Zone outline colours, in turn: bright hues that stand out from the image and the colour map."""
 
 
 def render_heatmap(
@@ -27,6 +34,8 @@ def render_heatmap(
     opacity: float = 0.5,
     cmap: str = "magma",
     side_by_side: bool = False,
+    zones: Sequence[Zone] | None = None,
+    zone_counts: Mapping[str, float] | None = None,
 ) -> np.ndarray:
     """Draw ``density`` over ``image`` and return the picture as RGB uint8.
 
@@ -34,7 +43,8 @@ def render_heatmap(
     ``extent`` = (height, width) image pixels from the top-left corner (default: the whole image). The colour map is applied with an opacity that grows with the density (up to
     ``opacity``), so empty areas stay visible; a colour bar in people per block and the count are drawn
     inside the picture. Returns (H, W, 3), or (H, 2W, 3) with the plain image on the left when
-    ``side_by_side``.
+    ``side_by_side``. ``zones`` (:class:`~clip_ebc.zones.Zone`) are outlined on the density panel and
+    labelled with their names, and their counts where ``zone_counts`` (people by zone name) has them.
     """
     from matplotlib import colormaps, patheffects
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -85,11 +95,46 @@ def render_heatmap(
                         bbox={"facecolor": "black", "alpha": 0.55, "edgecolor": "none", "pad": 3})
         ax.set_xlim(0, width)
         ax.set_ylim(height, 0)
+        if zones and panel == panels - 1:
+            _draw_zones(ax, canvas, zones, zone_counts or {}, (height, width), font_pt, outline)
     canvas.draw()
     out = np.asarray(canvas.buffer_rgba())[..., :3]
     if out.shape[:2] != (height, panels * width):  # figure sizes are rounded to whole pixels
         out = np.asarray(Image.fromarray(out).resize((panels * width, height), Image.BICUBIC))
     return np.ascontiguousarray(out)
+
+
+def _draw_zones(ax: Any, canvas: Any, zones: Sequence[Zone], counts: Mapping[str, float],
+                image_size: tuple[int, int], font_pt: float, text_outline: list) -> None:
+    """Outline each zone (a bright line over a dark stroke, visible on any background) and label it
+    "name: count" at a point inside it, nudged so the label stays inside the picture."""
+    from matplotlib import patheffects
+    from matplotlib.patches import Polygon
+
+    from .zones import interior_point
+
+    height, width = image_size
+    line_pt = max(1.5, min(height, width) / 300) * 72 / ax.figure.dpi
+    stroke = [patheffects.withStroke(linewidth=line_pt * 2.5, foreground="black")]
+    renderer = canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    for k, zone in enumerate(zones):
+        pts = zone.pixels(image_size)
+        colour = ZONE_COLOURS[k % len(ZONE_COLOURS)]
+        ax.add_patch(Polygon(pts, closed=True, fill=False, edgecolor=colour, linewidth=line_pt, joinstyle="round",
+                             path_effects=stroke, zorder=3))
+        count = counts.get(zone.name)
+        label = zone.name if count is None else f"{zone.name}: {count:,.1f}"
+        x, y = interior_point(pts)
+        text = ax.text(x, y, label, ha="center", va="center", color="white", fontsize=font_pt * 0.8, zorder=4,
+                       path_effects=text_outline,
+                       bbox={"facecolor": "black", "alpha": 0.55, "edgecolor": colour, "pad": 2})
+        box = text.get_window_extent(renderer).padded(4)  # + the label's box
+        shift_x = max(frame.x0 - box.x0, 0.0) - max(box.x1 - frame.x1, 0.0)
+        shift_y = max(frame.y0 - box.y0, 0.0) - max(box.y1 - frame.y1, 0.0)
+        if shift_x or shift_y:
+            px, py = ax.transData.transform((x, y))
+            text.set_position(ax.transData.inverted().transform((px + shift_x, py + shift_y)))
 
 
 def save_heatmap(
@@ -98,7 +143,8 @@ def save_heatmap(
     density: np.ndarray,
     **kwargs,
 ) -> Path:
-    """Render with :func:`render_heatmap` and save as PNG or JPEG (by the path's suffix); returns the path."""
+    """Render with :func:`render_heatmap` (``kwargs`` as there, ``zones`` and ``zone_counts`` included) and
+    save as PNG or JPEG (by the path's suffix); returns the path."""
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
