@@ -64,8 +64,8 @@ if TYPE_CHECKING:
     from .config import ClipArchitecture, ModelConfig
     from .counter import CountResult, CrowdCounter
     from .loading import load_model
-    from .registry import list_models
     from .model import CLIPEBC, CLIPEBCOutput
+    from .registry import list_models
     from .sliding_window import sliding_window_density
 
 

@@ -32,7 +32,8 @@ from .errors import CLIPEBCError, ConfigError, ImageError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, describe, load_image
 from .loading import load
 from .model import CLIPEBC
-from .preprocess import ResizeRule, to_input_tensor
+from .preprocess import to_input_tensor
+from .resize import ResizeRule
 from .runtime import prepare_for_inference, resolve_precision, select_device
 from .tiling import Crop, run_plans, tile_plan, whole_plan, window_plan
 

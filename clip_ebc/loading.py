@@ -36,7 +36,7 @@ from typing import Any
 
 from .archive import extract_checkpoint
 from .constants import CHECKPOINT_FILES, CHECKSUMS_NAME, CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME
-from .convert import convert_file
+from .convert.official import convert_file
 from .errors import CheckpointError, CLIPEBCError, ConfigError, DownloadError, ModelNotFoundError
 from .fetch import (
     cache_root,

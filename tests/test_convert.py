@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from clip_ebc import CLIPEBC, ConversionError
-from clip_ebc.convert import _build_cli, convert_file, convert_official, load_official_state_dict, parse_run_name
+from clip_ebc.convert import convert_file, convert_official, load_official_state_dict, parse_run_name
+from clip_ebc.convert.__main__ import main as convert_command
 
 RN50_RUN = "clip_resnet50_word_448_8_4_fine_1.0_dmcount_aug"
 
@@ -104,7 +105,7 @@ def test_cli_converts_official_safetensors_with_flags(tmp_path, official_vit):
     save_file(official_vit.state_dict, str(src))
     (tmp_path / "clip.json").write_text(json.dumps(official_vit.meta["clip_config"]))
     out = tmp_path / "vit"
-    result = CliRunner().invoke(_build_cli(), [str(src), "-o", str(out), "--backbone", "clip_vit_b_16",
+    result = CliRunner().invoke(convert_command, [str(src), "-o", str(out), "--backbone", "clip_vit_b_16",
                                                "--reduction", "8", "--truncation", "4", "--dataset", "sha",
                                                "--clip-config", str(tmp_path / "clip.json")])
     assert result.exit_code == 0, result.output
@@ -131,7 +132,7 @@ def test_python_m_convert(tmp_path, official_rn50):
 
 
 def run_cli(args):
-    result = CliRunner().invoke(_build_cli(), [str(a) for a in args])
+    result = CliRunner().invoke(convert_command, [str(a) for a in args])
     return result.exit_code, result.output
 
 

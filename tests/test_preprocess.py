@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from clip_ebc.preprocess import ResizeRule, snapped_size, to_input_tensor
+from clip_ebc.preprocess import to_input_tensor
+from clip_ebc.resize import ResizeRule, snapped_size
 from clip_ebc.tiling import tile_plan, whole_plan, window_plan
 
 

@@ -203,3 +203,37 @@ def test_resume_forgets_best_checkpoints_whose_folders_are_gone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_mae_0", "best_mae_1"]
     for i, epoch in enumerate((15, 18)):
         assert json.loads((tmp_path / f"best_mae_{i}" / "config.json").read_text())["provenance"]["epoch"] == epoch
+
+
+def test_a_diverged_epoch_is_never_ranked(crowd_data, tmp_path, monkeypatch):
+    """A NaN validation score (a diverged model) must not become the best checkpoint, push a good one out,
+    or stop the run; it is logged as a warning."""
+    import logging
+
+    from clip_ebc.train import evaluation
+
+    real = evaluation.evaluate
+    calls = []
+
+    def diverging(*args, **kwargs):
+        scores = real(*args, **kwargs)
+        calls.append(scores["mae"])
+        return {**scores, "mae": math.nan, "rmse": math.inf} if len(calls) == 2 else scores
+
+    monkeypatch.setattr(evaluation, "evaluate", diverging)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("clip_ebc.train").addHandler(handler)
+    try:
+        result = fit(tiny_config(crowd_data, tmp_path / "run", total_epochs=3, save_best_k=2, num_crops=1))
+    finally:
+        logging.getLogger("clip_ebc.train").removeHandler(handler)
+    assert len(calls) == 3 and all(math.isfinite(c) for c in calls)
+    assert [epoch for _, epoch in result.best["mae"]] == sorted([1, 3], key=lambda e: calls[e - 1])
+    assert all(math.isfinite(score) for ranked in result.best.values() for score, _ in ranked)
+    for i, (_, epoch) in enumerate(result.best["mae"]):
+        assert json.loads((result.output_dir / f"best_mae_{i}" / "config.json").read_text())["provenance"]["epoch"] == epoch
+    assert (result.output_dir / "final" / "config.json").is_file()
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert any("epoch 2: the validation scores are not finite (MAE nan, RMSE inf)" in w for w in warnings)

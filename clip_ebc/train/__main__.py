@@ -18,7 +18,7 @@ import click
 
 from ..errors import CLIPEBCError
 from .presets import DESCRIPTIONS, PRESETS
-from .trainer import TrainConfig, fit
+from .settings import TrainConfig
 
 
 def _field_type(annotation) -> tuple[type, bool]:
@@ -84,7 +84,10 @@ def main(preset, config_file, list_presets, **options) -> None:
     if unknown:
         raise click.UsageError(f"unknown settings {unknown} in --config.")
     try:
-        result = fit(TrainConfig(**values))
+        config = TrainConfig(**values)  # settings are checked before torch is even imported
+        from .trainer import fit
+
+        result = fit(config)
     except CLIPEBCError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

@@ -40,10 +40,11 @@ from torch.utils.data import Dataset
 
 from ..errors import CLIPEBCError, ConfigError
 from ..images import IMAGE_SUFFIXES, load_image
-from ..preprocess import DATASET_MAX_SIDE, MIN_SIDE, SNAP, resize_uint8, snapped_size
+from ..preprocess import resize_uint8
+from ..resize import DATASET_MAX_SIDE, MIN_SIDE, SNAP, snapped_size
+from .settings import DATASETS
 from .targets import block_counts
 
-DATASETS = ("sha", "shb", "qnrf", "nwpu", "jhu", "custom")
 EXPECTED = {
     "sha": {"train": 300, "val": 182},
     "shb": {"train": 400, "val": 316},

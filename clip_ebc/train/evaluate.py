@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .evaluation import count_image, evaluate, write_nwpu_submission
 
 
 def _build_cli():
@@ -30,11 +29,12 @@ def _build_cli():
                   help="Write the NWPU test-server file (use with --split test).")
     def main(model, data_root, split, sliding_window, window, stride, device, nwpu_submission) -> None:
         """Evaluate MODEL (registry name, checkpoint folder or hf-hub: id) on a processed split of DATA_ROOT."""
-        from ..runtime import select_device
         from ..errors import CLIPEBCError
-        from ..loading import load_model
         from ..images import IMAGE_SUFFIXES
+        from ..loading import load_model
+        from ..runtime import select_device
         from .data import CrowdDataset
+        from .evaluation import count_image, evaluate, write_nwpu_submission
 
         try:
             dev = select_device(device)

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..bins import Bin, counts_to_labels
+from .settings import COUNT_LOSSES
 
 EPS = 1e-8
 SINKHORN_EPS = 1e-16
-COUNT_LOSSES = ("dmcount", "mae", "mse")
 
 
 def sinkhorn(

@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 
 from ..errors import CLIPEBCError
-from ..preprocess import DATASET_MAX_SIDE, MIN_SIDE
-from .data import DATASETS, prepare_dataset, read_dataset
+from ..resize import DATASET_MAX_SIDE, MIN_SIDE
+from .settings import DATASETS
 
 
 @click.command(name="python -m clip_ebc.train.prepare", context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,6 +33,8 @@ def main(dataset, src, dst, min_side, max_side, check, partial, overwrite, val_f
     """Resize DATASET from SRC into the processed layout at DST (sides multiples of 32 within limits)."""
     if dst is None and not check:
         raise click.UsageError("give DST, or --check to only inspect SRC.")
+    from .data import prepare_dataset, read_dataset  # torch: only once there is something to do
+
     try:
         if check:
             splits = read_dataset(dataset, src, strict=not partial, val_fraction=val_fraction)

@@ -11,7 +11,6 @@ the epoch and the sample, and every random-number state is saved).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,108 +33,16 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import __version__
-from ..bins import dataset_name, make_bins, middle_anchor_points, official_anchor_points
+from ..bins import make_bins, middle_anchor_points, official_anchor_points
 from ..config import ClipArchitecture, ModelConfig, canonical_backbone
 from ..errors import ConfigError
 from ..model import CLIPEBC
-from .losses import COUNT_LOSSES, DACELoss
-from .transforms import Augmentation
+from .losses import DACELoss
+from .settings import TrainConfig
 
 log = logging.getLogger("clip_ebc.train")
 RESUME_NAME = "resume.pt"
 LOG_NAME = "log.jsonl"
-
-
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs. The defaults are the official trainer's, except where noted."""
-
-    data_root: str = field(default="", metadata=_help("processed dataset root (python -m clip_ebc.train.prepare)"))
-    dataset: str | None = field(default=None, metadata=_help("sha, shb, qnrf, nwpu or jhu: selects the official anchor points; leave empty for your own data"))
-    output_dir: str = field(default="runs/clip-ebc", metadata=_help("folder for checkpoints, the resume file and logs"))
-
-    backbone: str = field(default="RN50", metadata=_help("RN50, RN101, RN50x4, RN50x16, RN50x64, ViT-B-32, ViT-B-16, ViT-L-14"))
-    init: str = field(default="openai", metadata=_help("'openai' (CLIP weights through open_clip, downloaded on first use), 'random', or a clip-ebc model to fine-tune (registry name, folder, hf-hub: id)"))
-    input_size: int = field(default=448, metadata=_help("training crop side in pixels (ViT: also its positional-embedding grid)"))
-    reduction: int = field(default=8, metadata=_help("block size in pixels: 8, 16 or 32"))
-    truncation: int = field(default=4, metadata=_help("largest block count with a bin of its own"))
-    granularity: str = field(default="fine", metadata=_help("fine, dynamic or coarse bins"))
-    anchor_points: str = field(default="average", metadata=_help("'average' (official constants, or computed from the training set when there are none), 'middle', or comma-separated values"))
-    prompt_type: str = field(default="word", metadata=_help("word or number prompts"))
-    num_vpt: int = field(default=32, metadata=_help("ViT visual prompt tokens per block"))
-    deep_vpt: bool = field(default=True, metadata=_help("deep (every block) or shallow (first block only) VPT"))
-    vpt_drop: float = field(default=0.0, metadata=_help("dropout on the visual prompts"))
-    clip: dict | None = field(default=None, metadata=_help("custom CLIP architecture (official config fields; init must be 'random')"))
-    decoder_channels: list | None = field(default=None, metadata=_help("decoder widths (default: the backbone's)"))
-
-    num_crops: int = field(default=1, metadata=_help("crops per image per step"))
-    # augmentation (clip_ebc.train.Augmentation, whose defaults are the official trainer's)
-    min_scale: float = field(default=Augmentation.min_scale, metadata=_help("smallest crop, as a multiple of input_size"))
-    max_scale: float = field(default=Augmentation.max_scale, metadata=_help("largest crop, as a multiple of input_size"))
-    brightness: float = Augmentation.brightness
-    contrast: float = Augmentation.contrast
-    saturation: float = Augmentation.saturation
-    hue: float = Augmentation.hue
-    jitter_prob: float = Augmentation.jitter_prob
-    blur: str = field(default=Augmentation.blur, metadata=_help("'official' (fixed vertical blur, upstream's quirk) or 'isotropic'"))
-    blur_kernel: int = Augmentation.blur_kernel
-    blur_prob: float = Augmentation.blur_prob
-    saltiness: float = Augmentation.saltiness
-    spiciness: float = Augmentation.spiciness
-    noise_prob: float = Augmentation.noise_prob
-
-    count_loss: str = field(default="dmcount", metadata=_help("dmcount, mae or mse (upstream's trainer defaults to mae, but every documented run uses dmcount)"))
-    weight_count_loss: float = 1.0
-
-    batch_size: int = field(default=8, metadata=_help("images per step over all processes"))
-    lr: float = 1e-4
-    weight_decay: float = field(default=1e-4, metadata=_help("Adam's coupled L2 weight decay"))
-    warmup_epochs: int = 50
-    warmup_lr: float = 1e-6
-    T_0: int = 5
-    T_mult: int = 2
-    eta_min: float = 1e-7
-    total_epochs: int = 2600
-    amp: bool = field(default=False, metadata=_help("mixed precision: float16 with gradient scaling on GPUs, bfloat16 on CPUs that support it"))
-
-    eval_start: int = 50
-    eval_freq: int = 1
-    eval_before_training: bool = field(default=False, metadata=_help("also evaluate the initial model (epoch 0): a baseline for fine-tuning"))
-    sliding_window: bool | None = field(default=None, metadata=_help("evaluate with sliding windows (default: ViT models)"))
-    window: int | None = field(default=None, metadata=_help("evaluation window (default: input_size)"))
-    stride: int | None = field(default=None, metadata=_help("evaluation stride (default: the window)"))
-    save_freq: int = field(default=5, metadata=_help("write the resume file every this many epochs"))
-    save_best_k: int = 3
-
-    device: str = field(default="auto", metadata=_help("auto, cpu, cuda; under torchrun each process uses cuda:LOCAL_RANK"))
-    num_workers: int = field(default=4, metadata=_help("data-loading processes per machine, shared by its training processes"))
-    seed: int = 42
-    resume: bool = field(default=False, metadata=_help("continue from output_dir/resume.pt"))
-    progress: bool = field(default=True, metadata=_help("show a progress bar per epoch"))
-
-    def __post_init__(self) -> None:
-        if self.count_loss not in COUNT_LOSSES:
-            raise ConfigError(f"count_loss must be one of {COUNT_LOSSES}, got {self.count_loss!r}.")
-        if self.input_size % self.reduction:
-            raise ConfigError(f"input_size {self.input_size} must be a multiple of the block size {self.reduction}.")
-        for name in ("batch_size", "total_epochs", "num_crops", "eval_freq", "save_freq", "T_0", "T_mult"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.dataset:
-            self.dataset = dataset_name(self.dataset)
-        self.augmentation()  # checks the augmentation settings now, not after the model is built
-
-    def augmentation(self) -> Augmentation:
-        """The augmentation of ``input_size`` training crops that these settings describe."""
-        names = {f.name for f in dataclasses.fields(Augmentation)} & {f.name for f in dataclasses.fields(self)}
-        return Augmentation(**{name: getattr(self, name) for name in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def lr_factor(epoch: int, *, lr: float, warmup_epochs: int, warmup_lr: float, T_0: int, T_mult: int, eta_min: float) -> float:
@@ -467,7 +374,8 @@ def fit(config: TrainConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
                 scores = validate()
                 record.update({k: scores[k] for k in ("mae", "rmse", "nae")})
                 _keep_best(model, output, best, epoch, scores, config.save_best_k)
-                log.info("epoch %d: MAE %.2f RMSE %.2f (best MAE %.2f)", epoch, scores["mae"], scores["rmse"], best["mae"][0][0])
+                log.info("epoch %d: MAE %.2f RMSE %.2f (best MAE %.2f)", epoch, scores["mae"], scores["rmse"],
+                         best["mae"][0][0] if best["mae"] else math.nan)
             history.append(record)
             journal.write(record)
             log.info("epoch %d/%d: %s", epoch, config.total_epochs,
@@ -552,13 +460,10 @@ def _train_epoch(model, loader, loss_fn, optimizer, scaler, device, amp, amp_dty
     sums: dict[str, float] = {}
     steps = 0
     started = time.perf_counter()
-    if show:
-        import click
+    from tqdm.auto import tqdm
 
-        progress = click.progressbar(loader, length=len(loader), label=f"epoch {epoch}/{total}", file=sys.stderr)
-    else:
-        progress = contextlib.nullcontext(loader)
-    with progress as batches:
+    with tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{total}", file=sys.stderr, disable=not show,
+              leave=False, dynamic_ncols=True) as batches:
         for images, points, counts in batches:
             images = images.to(device, non_blocking=True)
             counts = counts.to(device, non_blocking=True)
@@ -589,7 +494,13 @@ def _average_record(record: dict[str, Any], world: int, device: torch.device) ->
 
 def _keep_best(model: CLIPEBC, output: Path, best: dict[str, list[tuple[float, int]]], epoch: int,
                scores: dict[str, float], k: int) -> None:
-    """Keep the k best release checkpoints per metric as ``best_<metric>_0`` (best) ... ``best_<metric>_<k-1>``."""
+    """Keep the k best release checkpoints per metric as ``best_<metric>_0`` (best) ... ``best_<metric>_<k-1>``.
+    A score that is not finite (a diverged model) is never ranked, as in the official trainer."""
+    if not all(math.isfinite(scores[m]) for m in ("mae", "rmse")):
+        log.warning("epoch %d: the validation scores are not finite (MAE %s, RMSE %s), so this epoch is not ranked "
+                    "among the best checkpoints; if this repeats, lower the learning rate or check the data.",
+                    epoch, scores["mae"], scores["rmse"])
+        return
     for metric in ("mae", "rmse"):
         ranked = best[metric]
         position = sum(1 for score, _ in ranked if score <= scores[metric])

@@ -9,47 +9,12 @@ data-loading workers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torchvision.transforms.functional as TF
 from torch import Tensor
 
-from ..errors import ConfigError
 
-BLUR_MODES = ("official", "isotropic")
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Augmentation settings; the defaults are the official trainer's."""
-
-    input_size: int = 448
-    """Side of the square training crop, in pixels."""
-    min_scale: float = 1.0
-    max_scale: float = 2.0
-    """The crop covers ``input_size * U(min_scale, max_scale)`` pixels before it is resized to ``input_size``."""
-    flip_prob: float = 0.5
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-    hue: float = 0.0
-    jitter_prob: float = 0.2
-    blur_kernel: int = 5
-    blur: str = "official"
-    """``"official"``: torchvision reads upstream's sigma pair (0.1, 5.0) as (sigma_x, sigma_y), giving a
-    fixed, almost purely vertical blur (spec §10 item 20). ``"isotropic"``: one sigma ~ U(0.1, 5.0) for
-    both axes, as upstream intended."""
-    blur_prob: float = 0.2
-    saltiness: float = 1e-3
-    spiciness: float = 1e-3
-    noise_prob: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.blur not in BLUR_MODES:
-            raise ConfigError(f"blur must be one of {BLUR_MODES}, got {self.blur!r}.")
-        if not 0 < self.min_scale <= self.max_scale:
-            raise ConfigError(f"need 0 < min_scale <= max_scale, got {self.min_scale} and {self.max_scale}.")
+from .settings import BLUR_MODES, Augmentation  # noqa: F401 - Augmentation is this module's input
 
 
 def _uniform(low: float, high: float, g: torch.Generator) -> float:
