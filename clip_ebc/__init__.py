@@ -23,7 +23,11 @@ from .errors import (
     ConversionError,
     DownloadError,
     ImageError,
+    MissingExtraError,
     ModelNotFoundError,
+    NumericalError,
+    VideoError,
+    ZoneError,
 )
 
 __version__ = "0.1.0.dev0"
@@ -38,6 +42,8 @@ _LAZY = {
     "ModelConfig": ".config",
     "ClipArchitecture": ".config",
     "sliding_window_density": ".sliding_window",
+    "Zone": ".zones",
+    "load_zones": ".zones",
 }
 
 __all__ = [
@@ -53,10 +59,16 @@ __all__ = [
     "DownloadError",
     "ImageError",
     "ModelConfig",
+    "MissingExtraError",
     "ModelNotFoundError",
+    "NumericalError",
+    "VideoError",
+    "Zone",
+    "ZoneError",
     "__version__",
     "list_models",
     "load_model",
+    "load_zones",
     "sliding_window_density",
 ]
 
@@ -67,6 +79,7 @@ if TYPE_CHECKING:
     from .model import CLIPEBC, CLIPEBCOutput
     from .registry import list_models
     from .sliding_window import sliding_window_density
+    from .zones import Zone, load_zones
 
 
 def __getattr__(name: str) -> Any:

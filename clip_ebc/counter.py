@@ -8,7 +8,9 @@ snapped to multiples of 32 within [448, max]) unless ``resize="native"``, normal
   ``tile_size``-pixel tiles with ``tile_margin`` pixels of context each, so peak memory depends on the
   tile size and not on the image size.
 
-Crops of equal size from consecutive images are batched together.
+Crops of equal size from consecutive images are batched together. Videos, streams and cameras
+(:meth:`CrowdCounter.count_video`) go through the same path, one sampled frame at a time; zones
+(:mod:`clip_ebc.zones`) split each count by area.
 """
 
 from __future__ import annotations
@@ -18,17 +20,18 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import CLIPEBCError, ConfigError, ImageError
+from .errors import CLIPEBCError, ConfigError, ImageError, NumericalError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, describe, load_image
 from .loading import load
 from .model import CLIPEBC
@@ -36,6 +39,14 @@ from .preprocess import to_input_tensor
 from .resize import ResizeRule
 from .runtime import prepare_for_inference, resolve_precision, select_device
 from .tiling import Crop, run_plans, tile_plan, whole_plan, window_plan
+from .zones import Zone, check_zones, count_zones, coverage, load_zones, parse_zones
+
+if TYPE_CHECKING:
+    from .video import VideoReader
+
+ZonesInput = Union[str, os.PathLike, Sequence[Zone], Sequence[Mapping[str, Any]], None]
+"""Zones for counting: a zone file (JSON, see :mod:`clip_ebc.zones`), :class:`~clip_ebc.zones.Zone`
+objects, or zone dicts as a zone file holds them."""
 
 RESNET_ALIGN = 32
 """ResNet inputs are padded to multiples of this, so tiles line up with the stride-32 grid."""
@@ -67,6 +78,16 @@ class CountResult:
     """Wall time for this image; work batched across images is shared out evenly."""
     error: str | None = None
     """Why the image could not be counted (only with ``count_many(..., skip_errors=True)``)."""
+    zone_counts: dict[str, float] | None = None
+    """People in each zone, by name in zone order, when counted with ``zones=``."""
+    time: float | None = None
+    """Video frames: seconds from the start of the video (from the frame's presentation timestamp)."""
+    frame_index: int | None = None
+    """Video frames: index of the frame among all decoded frames (0-based)."""
+    wallclock: datetime | None = None
+    """Frames of live sources: when the frame arrived (local time, with time zone)."""
+    zones: tuple[Zone, ...] = field(default=(), repr=False, compare=False)
+    """The zones of ``zone_counts`` (their outlines are drawn on heatmaps)."""
     _image: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -93,19 +114,49 @@ class CountResult:
         scale = self.count / total if total > 0 else 0.0
         return (up * scale).numpy().astype(np.float32)
 
+    def count_in(self, zone: Zone | Sequence[Sequence[float]]) -> float:
+        """People inside a polygon: a :class:`~clip_ebc.zones.Zone`, or (x, y) vertices in pixels of the
+        input image. Each density cell counts with the fraction of its area inside the polygon."""
+        if not self.ok:
+            raise ImageError(f"{self.source}: the image was not counted ({self.error}).")
+        if not isinstance(zone, Zone):
+            zone = Zone("polygon", tuple((float(x), float(y)) for x, y in zone))
+        check_zones([zone], self.image_size)
+        weights = coverage(zone, self.image_size, self.processed_size, self.density.shape, self.block_size)
+        return float((self.density.astype(np.float64) * weights).sum())
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary: path, count, model, image size, seconds (and error)."""
-        d: dict[str, Any] = {
-            "path": self.source,
-            "count": self.count if self.ok else None,
+        """JSON-ready summary: path, frame and time (video frames), wall-clock time (live sources), count,
+        zone counts and people per m2 (with zones), model, image size, seconds (and error)."""
+        d: dict[str, Any] = {"path": self.source}
+        if self.frame_index is not None:
+            d["frame"] = self.frame_index
+            d["time"] = None if self.time is None else round(self.time, 6)
+        if self.wallclock is not None:
+            d["wallclock"] = self.wallclock.isoformat(timespec="milliseconds")
+        d["count"] = self.count if self.ok else None
+        if self.zone_counts is not None:
+            d["zones"] = dict(self.zone_counts)
+            areas = {z.name: z.area_m2 for z in self.zones if z.area_m2 is not None}
+            if areas:
+                d["per_m2"] = {name: self.zone_counts[name] / area for name, area in areas.items()}
+        d.update({
             "model": self.model_name,
             "width": self.image_size[1] if self.ok else None,
             "height": self.image_size[0] if self.ok else None,
             "seconds": round(self.seconds, 4),
-        }
+        })
         if self.error is not None:
             d["error"] = self.error
         return d
+
+    def render_heatmap(self, image: ImageInput | None = None, *, opacity: float = 0.5, cmap: str = "magma",
+                       side_by_side: bool = False) -> np.ndarray:
+        """The density drawn over the image (zones outlined and labelled): RGB uint8 (H, W, 3), or (H, 2W, 3)
+        with ``side_by_side``. ``image`` defaults to the counted image."""
+        from .heatmap import render_heatmap
+
+        return render_heatmap(self._heatmap_base(image), self.density, **self._heatmap_kwargs(opacity, cmap, side_by_side))
 
     def save_heatmap(
         self,
@@ -120,6 +171,15 @@ class CountResult:
         (twice its width with ``side_by_side``). ``image`` defaults to the counted image."""
         from .heatmap import save_heatmap
 
+        return save_heatmap(path, self._heatmap_base(image), self.density,
+                            **self._heatmap_kwargs(opacity, cmap, side_by_side))
+
+    def _heatmap_kwargs(self, opacity: float, cmap: str, side_by_side: bool) -> dict[str, Any]:
+        return dict(count=self.count, block_size=self.block_size, extent=self.grid_extent(), opacity=opacity,
+                    cmap=cmap, side_by_side=side_by_side, zones=self.zones or None, zone_counts=self.zone_counts)
+
+    def _heatmap_base(self, image: ImageInput | None) -> np.ndarray:
+        """The counted image as RGB, checked to be the right size."""
         if not self.ok:
             raise ImageError(f"{self.source}: cannot draw a heatmap for an image that was not counted ({self.error}).")
         if image is None:
@@ -132,8 +192,7 @@ class CountResult:
                 f"the image is {rgb.shape[0]}x{rgb.shape[1]} but the count was made on a "
                 f"{self.image_size[0]}x{self.image_size[1]} image; pass the same image."
             )
-        return save_heatmap(path, rgb, self.density, count=self.count, block_size=self.block_size,
-                            extent=self.grid_extent(), opacity=opacity, cmap=cmap, side_by_side=side_by_side)
+        return rgb
 
 
 @dataclass
@@ -254,43 +313,81 @@ class CrowdCounter:
 
     # ------------------------------------------------------------------------------------ public
 
-    def count(self, image: ImageInput) -> CountResult:
-        """Count the people in one image (a path, PIL image, (H, W, 3) uint8 array or (3, H, W) tensor)."""
-        return next(self.count_many([image], batch_size=self.batch_size))
+    def count(self, image: ImageInput, *, zones: ZonesInput = None) -> CountResult:
+        """Count the people in one image (a path, an http(s) URL, a PIL image, an (H, W, 3) uint8 array or a
+        (3, H, W) tensor); with ``zones``, also in each zone (``result.zone_counts``)."""
+        return next(self.count_many([image], batch_size=self.batch_size, zones=zones))
 
     def count_many(
         self,
         images: Iterable[ImageInput],
         batch_size: int | None = None,
         *,
+        zones: ZonesInput = None,
         skip_errors: bool = False,
         keep_images: bool = False,
     ) -> Iterator[CountResult]:
         """Count many images, yielding one result per input, in order.
 
         Images are prepared in groups of at most ``batch_size`` images and :data:`CHUNK_PIXELS` pixels, and
-        their crops batched together. An input that cannot be read raises
-        :class:`~clip_ebc.errors.ImageError`, or, with ``skip_errors=True``, yields a result whose
-        ``error`` says why and the run goes on. ``keep_images`` keeps each decoded image in its result,
-        so ``save_heatmap`` need not read the file again (in-memory inputs are always kept).
+        their crops batched together. An input that cannot be read (or that a zone does not fit) raises
+        :class:`~clip_ebc.errors.ImageError` (:class:`~clip_ebc.errors.ZoneError`), or, with
+        ``skip_errors=True``, yields a result whose ``error`` says why and the run goes on. ``zones``: see
+        :data:`ZonesInput`. ``keep_images`` keeps each decoded image in its result, so ``save_heatmap``
+        need not read the file again (in-memory inputs are always kept). A model that produces NaN or
+        infinite values raises :class:`~clip_ebc.errors.NumericalError` whatever ``skip_errors`` says.
         """
         batch_size = self.batch_size if batch_size is None else batch_size
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        zone_list = as_zones(zones)
         chunk: list[tuple[Any, Any]] = []
         pixels = 0
         for source, rgb in self._decoded(images, ahead=batch_size):
             size = 0 if isinstance(rgb, CLIPEBCError) else rgb.shape[0] * rgb.shape[1]
             if chunk and pixels + size > CHUNK_PIXELS:
-                yield from self._count_chunk(chunk, batch_size, skip_errors, keep_images)
+                yield from self._count_chunk(chunk, batch_size, skip_errors, keep_images, zone_list)
                 chunk, pixels = [], 0
             chunk.append((source, rgb))
             pixels += size
             if len(chunk) == batch_size:
-                yield from self._count_chunk(chunk, batch_size, skip_errors, keep_images)
+                yield from self._count_chunk(chunk, batch_size, skip_errors, keep_images, zone_list)
                 chunk, pixels = [], 0
         if chunk:
-            yield from self._count_chunk(chunk, batch_size, skip_errors, keep_images)
+            yield from self._count_chunk(chunk, batch_size, skip_errors, keep_images, zone_list)
+
+    def count_video(
+        self,
+        source: str | os.PathLike[str],
+        every: str | float = 1.0,
+        *,
+        zones: ZonesInput = None,
+        start: float | None = None,
+        duration: float | None = None,
+        reconnect: int = 5,
+        timeout: float = 10.0,
+        batch_size: int | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> VideoCounts:
+        """Count the people in sampled frames of a video file, network stream or camera, yielding one
+        :class:`CountResult` per sampled frame, with ``time`` (seconds), ``frame_index`` and, for live
+        sources, ``wallclock``.
+
+        every: ``1.0`` / ``"1s"`` (one frame per second of presentation time, exact for a variable frame
+        rate), ``"500ms"``, or ``"12f"`` (every 12th frame). start, duration: seconds (files). reconnect,
+        timeout: how often a dropped live stream is reopened, and how many seconds without data count as a
+        drop. Frames are decoded in a background thread; frames of a file are counted ``batch_size`` at a
+        time in one forward pass, frames of a live source as soon as they arrive. The returned
+        :class:`VideoCounts` is an iterator (endless for a live stream) that also tells where decoding of a
+        damaged file stopped. Opening errors raise :class:`~clip_ebc.errors.VideoError` here; needs
+        ``pip install "clip-ebc[video]"``.
+        """
+        from .video import VideoReader
+
+        zone_list = as_zones(zones)
+        reader = VideoReader(source, every, start=start, duration=duration, reconnect=reconnect, timeout=timeout,
+                             on_event=on_event)
+        return VideoCounts(self, reader, zone_list, 1 if reader.live else (batch_size or self.batch_size))
 
     # ---------------------------------------------------------------------------------- internal
 
@@ -299,6 +396,10 @@ class CrowdCounter:
         on a background thread, so file reading and decoding overlap with the model's work."""
         def load(source: Any) -> Any:
             try:
+                if isinstance(source, str) and source.lower().startswith(("http://", "https://")):
+                    from .remote import load_url_image
+
+                    return load_url_image(source, max_pixels=self.max_pixels)
                 return load_image(source, max_pixels=self.max_pixels)
             except CLIPEBCError as e:
                 return e
@@ -315,7 +416,7 @@ class CrowdCounter:
                 yield src, future.result()
 
     def _count_chunk(self, items: list[tuple[Any, Any]], batch_size: int, skip_errors: bool,
-                     keep_images: bool) -> Iterator[CountResult]:
+                     keep_images: bool, zones: tuple[Zone, ...] | None = None) -> Iterator[CountResult]:
         start = time.perf_counter()
         jobs: list[_Job | CountResult] = []
         failure: CLIPEBCError | None = None
@@ -323,6 +424,8 @@ class CrowdCounter:
             try:
                 if isinstance(rgb, CLIPEBCError):
                     raise rgb
+                if zones:
+                    check_zones(zones, rgb.shape[:2])
                 jobs.append(self._prepare(source, rgb, keep_image=keep_images))
             except CLIPEBCError as e:
                 if not skip_errors:  # the inputs before it still get their results, then it is raised
@@ -343,8 +446,16 @@ class CrowdCounter:
                 yield job
                 continue
             density = next(density_maps)[0, 0, : job.valid[0], : job.valid[1]].cpu().numpy()
-            yield CountResult(
-                count=float(density.sum(dtype=np.float64)),
+            count = float(density.sum(dtype=np.float64))
+            if not math.isfinite(count):
+                raise NumericalError(
+                    f"the model {self.name} produced NaN or infinite densities for {job.name}; its weights or config "
+                    "are broken (re-download or re-convert it)"
+                    + ("." if self.dtype == torch.float32 else
+                       f", or {str(self.dtype).replace('torch.', '')} overflowed (use precision='float32').")
+                )
+            result = CountResult(
+                count=count,
                 density=density,
                 block_size=self.block_size,
                 image_size=job.rgb_shape,
@@ -352,8 +463,12 @@ class CrowdCounter:
                 processed_size=job.processed_size,
                 source=job.name,
                 seconds=per_image,
+                zones=zones or (),
                 _image=job.keep_image,
             )
+            if zones:
+                result.zone_counts = count_zones(result, zones)
+            yield result
         if failure is not None:
             raise failure
 
@@ -387,3 +502,69 @@ class CrowdCounter:
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def as_zones(zones: ZonesInput) -> tuple[Zone, ...] | None:
+    """Zones from a zone file path, :class:`~clip_ebc.zones.Zone` objects or zone dicts; None for none."""
+    if zones is None:
+        return None
+    if isinstance(zones, (str, os.PathLike)):
+        return tuple(load_zones(zones))
+    items = list(zones)
+    if all(isinstance(z, Zone) for z in items):
+        return tuple(items)
+    return tuple(parse_zones(items))
+
+
+class VideoCounts:
+    """The counts of a video's sampled frames, as :meth:`CrowdCounter.count_video` returns them: an
+    iterator of :class:`CountResult` (endless for a live stream), plus what the video reader knows.
+    ``close()`` (or the end of a ``with`` block) stops decoding."""
+
+    def __init__(self, counter: CrowdCounter, reader: VideoReader, zones: tuple[Zone, ...] | None,
+                 batch_size: int) -> None:
+        self.reader = reader
+        self.zones = zones
+        self._results = self._count(counter, batch_size)
+
+    def _count(self, counter: CrowdCounter, batch_size: int) -> Iterator[CountResult]:
+        frames: deque = deque()  # the frames handed to count_many, whose results are still to come
+
+        def images() -> Iterator[np.ndarray]:
+            for frame in self.reader:
+                frames.append(frame)
+                yield frame.rgb
+
+        name = self.reader.name
+        for result in counter.count_many(images(), batch_size=batch_size, zones=self.zones):
+            frame = frames.popleft()
+            result.source, result.time, result.frame_index, result.wallclock = (
+                name, frame.time, frame.index, frame.wallclock)
+            yield result
+
+    @property
+    def live(self) -> bool:
+        """Whether the source is a live stream or camera (it ends when it ends, or on ``close()``)."""
+        return bool(self.reader.live)
+
+    @property
+    def stopped(self) -> str | None:
+        """Why decoding of a damaged file stopped early (``"decoding stopped at 12.40 s (frame 310): ..."``),
+        once the iteration is over; None when it ran to the end."""
+        return self.reader.stopped
+
+    def __iter__(self) -> Iterator[CountResult]:
+        return self
+
+    def __next__(self) -> CountResult:
+        return next(self._results)
+
+    def close(self) -> None:
+        self._results.close()
+        self.reader.close()
+
+    def __enter__(self) -> VideoCounts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

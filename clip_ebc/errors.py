@@ -50,3 +50,8 @@ class MissingExtraError(CLIPEBCError, ImportError):
 def missing_extra(extra: str, what: str, module: str) -> MissingExtraError:
     """The error for a missing optional extra: ``{what} needs {module}: pip install "clip-ebc[{extra}]"``."""
     return MissingExtraError(f'{what} needs the optional dependency {module}; install it with: pip install "clip-ebc[{extra}]"')
+
+
+class NumericalError(CLIPEBCError, ArithmeticError):
+    """A model produced NaN or infinite values: its weights or configuration are broken, or the
+    precision overflowed; never reported as a count."""

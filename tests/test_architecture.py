@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "clip_ebc"
-ENTRY_POINTS = {"clip_ebc.cli", "clip_ebc.publish", "clip_ebc.convert.__main__", "clip_ebc.train.__main__",
+ENTRY_POINTS = {"clip_ebc.cli", "clip_ebc.cli.__main__", "clip_ebc.cli.inputs", "clip_ebc.cli.run", "clip_ebc.cli.ray", "clip_ebc.publish", "clip_ebc.convert.__main__", "clip_ebc.train.__main__",
                 "clip_ebc.train.prepare", "clip_ebc.train.evaluate"}
 """Modules that are command lines (the only ones allowed to import click)."""
 

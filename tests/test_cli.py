@@ -228,7 +228,7 @@ def test_more_bad_inputs_through_the_command(tiny_dirs, tmp_path):
 def test_empty_folder_does_not_load_a_model(tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, stderr = invoke(tmp_path / "empty", "-m", "no-such-model")
-    assert code == 1 and "no images in this folder" in stderr and "no-such-model" not in stderr
+    assert code == 1 and "no images or videos in this folder" in stderr and "no-such-model" not in stderr
 
 
 def test_unwritable_outputs(tiny_dirs, photos, tmp_path):
