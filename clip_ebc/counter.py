@@ -20,12 +20,12 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -39,14 +39,12 @@ from .preprocess import to_input_tensor
 from .resize import ResizeRule
 from .runtime import prepare_for_inference, resolve_precision, select_device
 from .tiling import Crop, run_plans, tile_plan, whole_plan, window_plan
-from .zones import Zone, check_zones, count_zones, coverage, load_zones, parse_zones
+from .zones import Zone, ZonesInput, as_zones, check_zones, count_zones, coverage
 
 if TYPE_CHECKING:
     from .video import VideoReader
 
-ZonesInput = Union[str, os.PathLike, Sequence[Zone], Sequence[Mapping[str, Any]], None]
-"""Zones for counting: a zone file (JSON, see :mod:`clip_ebc.zones`), :class:`~clip_ebc.zones.Zone`
-objects, or zone dicts as a zone file holds them."""
+
 
 RESNET_ALIGN = 32
 """ResNet inputs are padded to multiples of this, so tiles line up with the stride-32 grid."""
@@ -502,18 +500,6 @@ class CrowdCounter:
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
-
-
-def as_zones(zones: ZonesInput) -> tuple[Zone, ...] | None:
-    """Zones from a zone file path, :class:`~clip_ebc.zones.Zone` objects or zone dicts; None for none."""
-    if zones is None:
-        return None
-    if isinstance(zones, (str, os.PathLike)):
-        return tuple(load_zones(zones))
-    items = list(zones)
-    if all(isinstance(z, Zone) for z in items):
-        return tuple(items)
-    return tuple(parse_zones(items))
 
 
 class VideoCounts:

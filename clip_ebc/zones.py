@@ -40,7 +40,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
@@ -51,7 +51,12 @@ FILE_KEYS = ("zones", "normalized")
 EDGE_TOLERANCE = 1e-6
 """Vertices may lie this fraction of the image's larger side outside it (rounding), see :func:`check_zones`."""
 
-Points = np.ndarray | Sequence[Sequence[float]]
+Points = Union[np.ndarray, Sequence[Sequence[float]]]
+
+
+ZonesInput = Union[str, os.PathLike, Sequence["Zone"], Sequence[Mapping[str, Any]], None]
+"""Zones for counting: a zone file (JSON, see :mod:`clip_ebc.zones`), :class:`~clip_ebc.zones.Zone`
+objects, or zone dicts as a zone file holds them."""
 
 
 @dataclass(frozen=True)
@@ -521,3 +526,15 @@ def _side(o: np.ndarray, tol: np.ndarray) -> np.ndarray:
 
 def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
+
+
+def as_zones(zones: ZonesInput) -> tuple[Zone, ...] | None:
+    """Zones from a zone file path, :class:`~clip_ebc.zones.Zone` objects or zone dicts; None for none."""
+    if zones is None:
+        return None
+    if isinstance(zones, (str, os.PathLike)):
+        return tuple(load_zones(zones))
+    items = list(zones)
+    if all(isinstance(z, Zone) for z in items):
+        return tuple(items)
+    return tuple(parse_zones(items))

@@ -1,0 +1,53 @@
+"""``crowdcount --ray ADDRESS INPUTS ...``: the same rows and exit codes as a local run, counted by a
+pool of Ray workers (:mod:`clip_ebc.ray`), plus Ray's own progress on stderr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .run import Report, Settings
+
+
+def run_on_ray(inputs: tuple[str, ...], address: str, *, model: str | None, zones: Any, workers: int,
+               batch_size: int, precision: str, native: bool, recursive: bool, heatmap: Path | None, as_json: bool,
+               csv_path: Path | None, parquet_dir: Path | None, echo, err) -> int:
+    """Count ``inputs`` (paths, folders, globs, URIs of images) on the Ray cluster at ``address``; returns
+    the exit code (1 when any input failed)."""
+    from .. import ray as on_ray
+    from ..sinks import CsvSink
+
+    settings = Settings(batch_size=batch_size, as_json=as_json, zones=zones)
+    if csv_path is not None:
+        try:
+            settings.sinks.append(CsvSink(csv_path, zones or ()))
+        except OSError as e:
+            raise click.UsageError(f"cannot write the CSV file {csv_path}: {e.strerror or e}.") from e
+    if heatmap is not None and heatmap.suffix:
+        raise click.UsageError(f"--heatmap {heatmap}: with --ray, heatmaps go into a directory (or a URI).")
+    report = Report(settings, echo, err)
+    counted, people = 0, 0.0
+
+    def on_row(row: dict[str, Any]) -> None:
+        nonlocal counted, people
+        row = {k: v for k, v in row.items() if v is not None or k == "count"}
+        if row.get("count") is not None:
+            counted += 1
+            people += row["count"]
+        zones_text = ""
+        if row.get("zones"):
+            zones_text = " (" + ", ".join(f"{k} {v:.1f}" for k, v in row["zones"].items()) + ")"
+        report.row(row, f"{row['path']}: {row['count']:.1f} people{zones_text}" if row.get("count") is not None else None)
+
+    try:
+        on_ray.run(list(inputs), address, model, on_row=on_row, parquet=parquet_dir, zones=zones,
+                   num_workers=workers, batch_size=batch_size, precision=precision,
+                   resize="native" if native else "dataset", recursive=recursive, heatmaps=heatmap)
+    finally:
+        for sink in settings.sinks:
+            sink.close()
+    if not as_json:
+        err(f"{counted} of {counted + report.failed} inputs counted, {people:.1f} people in total.")
+    return 1 if report.failed else 0
