@@ -477,7 +477,7 @@ class CrowdCounter:
             raise ImageError(
                 f"{describe(source)}: its {width}x{height} pixels would be resized to {size[0]}x{size[1]} = "
                 f"{size[0] * size[1]:,} pixels, more than the limit of {self.max_pixels:,} (the aspect ratio is too "
-                "extreme for the training-set resize rule); crop it, or count it with resize='native'."
+                "extreme for the training-set resize rule); crop it, or count it at its own size (resize='native'; crowdcount --native-size)."
             )
         w, h = size
         r = self.block_size

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import stat
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -24,7 +26,8 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, "torch.Tensor"]
 """What :func:`load_image` accepts: a file path, a PIL image, an (H, W, 3) uint8 array, or a
 (3, H, W) tensor (uint8 0-255, or float 0-1)."""
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".avif", ".heic",
+                  ".heif")
 """File suffixes treated as images when scanning folders."""
 
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -67,17 +70,38 @@ def load_image(source: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXEL
 
 
 def _load_path(path: Path, max_pixels: int | None) -> np.ndarray:
-    if not path.exists():
-        raise ImageError(f"{path}: no such file.")
-    if path.is_dir():
-        raise ImageError(f"{path} is a directory, not an image.")
     try:
-        size = path.stat().st_size
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageError(f"{path} is a broken link (its target does not exist).") from None
+        raise ImageError(f"{path}: no such file.") from None
     except OSError as e:
         raise ImageError(f"{path}: cannot read it ({e.strerror}).") from e
-    if size == 0:
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"{path} is a directory, not an image.")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(info.st_mode) else "a socket or device"
+        raise ImageError(f"{path} is {kind}, not a file; save the image to a file first.")
+    if info.st_size == 0:
         raise ImageError(f"{path} is empty (0 bytes).")
+    if path.suffix.lower() in HEIF_SUFFIXES:
+        _register_heif(str(path))
     return _decode(path, str(path), max_pixels)
+
+
+HEIF_SUFFIXES = (".heic", ".heif")
+
+
+def _register_heif(name: str) -> None:
+    """Let PIL read HEIC/HEIF photos through pillow-heif (the ``heic`` extra), once."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        from .errors import missing_extra
+
+        raise ImageError(f"{name}: {missing_extra('heic', 'reading HEIC/HEIF photos', 'pillow-heif')}") from None
+    register_heif_opener()
 
 
 def load_image_bytes(data: bytes, name: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -91,12 +115,17 @@ def load_image_bytes(data: bytes, name: str, *, max_pixels: int | None = DEFAULT
 def _decode(file: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.ndarray:
     try:
         # Our max_pixels check is the limit; PIL's own hard error (twice its MAX_IMAGE_PIXELS) still
-        # applies, and between the two PIL may emit a DecompressionBombWarning.
-        with Image.open(file) as img:
+        # applies, and between the two PIL may emit a DecompressionBombWarning. PIL's warnings (corrupt
+        # EXIF data, ...) do not say which file they are about: they are raised again naming it.
+        with warnings.catch_warnings(record=True) as caught, Image.open(file) as img:
+            warnings.simplefilter("always")
             _check_pixels(img.size, name, max_pixels)
             img = ImageOps.exif_transpose(img)
             img.load()
-            return to_rgb_array(img)
+            rgb = to_rgb_array(img, name)
+        for message, category in dict.fromkeys((str(w.message).strip(), w.category) for w in caught):
+            warnings.warn(f"{name}: {message}", category, stacklevel=2)
+        return rgb
     except ImageError:
         raise
     except UnidentifiedImageError as e:
@@ -122,13 +151,16 @@ def _check_pixels(size: tuple[int, int], name: str, max_pixels: int | None) -> N
         )
 
 
-def to_rgb_array(img: Image.Image) -> np.ndarray:
-    """Convert any PIL mode to RGB uint8 (H, W, 3); 16/32-bit and float images are rescaled to 8 bits."""
+def to_rgb_array(img: Image.Image, name: str | None = None) -> np.ndarray:
+    """Convert any PIL mode to RGB uint8 (H, W, 3); 16/32-bit and float images are rescaled to 8 bits.
+    A float image holding NaN or infinite values raises :class:`ImageError` (``name`` names it)."""
     mode = img.mode
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8).copy()
     if mode.startswith("I;16") or mode in ("I", "F"):
         values = np.asarray(img, dtype=np.float64)
+        if mode == "F" and not np.isfinite(values).all():
+            raise ImageError(f"{name or describe(img)} holds NaN or infinite pixel values; it is not a usable image.")
         if mode.startswith("I;16"):
             values = values / 257.0
         elif mode == "I":

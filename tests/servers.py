@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
@@ -106,16 +107,19 @@ class HubServer(_Server):
 
 class ReleaseServer(_Server):
     """assets: {"/owner/repo/releases/download/tag/name": bytes}; asset URLs redirect to /storage/...
-    ``unsized``: asset paths whose bytes are sent without a Content-Length header."""
+    ``unsized``: asset paths whose bytes are sent without a Content-Length header. ``delay``: seconds
+    the storage URL waits before answering (a slow server, so that concurrent downloads overlap)."""
 
-    def __init__(self, assets: dict[str, bytes], unsized: frozenset[str] = frozenset()):
+    def __init__(self, assets: dict[str, bytes], unsized: frozenset[str] = frozenset(), delay: float = 0.0):
         super().__init__()
         self.assets = assets
         self.unsized = unsized
+        self.delay = delay
 
     def handle(self, handler, head: bool) -> None:
         path = unquote(handler.path.split("?", 1)[0])
         if path.startswith("/storage/"):
+            time.sleep(self.delay)
             body = self.assets.get(path[len("/storage"):])
             if body is None:
                 return self.send(handler, 404, b"Not Found", head=head)

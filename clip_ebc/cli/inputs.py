@@ -163,11 +163,10 @@ def _scan_folder(folder: Path, recursive: bool, suffixes: tuple[str, ...]) -> tu
 
 def _empty_folder_message(item: str, folder: Path, recursive: bool) -> str:
     others = sorted({p.suffix.lower() for p in folder.glob("**/*" if recursive else "*") if p.is_file() and p.suffix})
-    unsupported = [s for s in others if s in (".heic", ".heif", ".jxl", ".raw", ".cr2", ".nef", ".dng", ".psd")]
+    unsupported = [s for s in others if s in (".jxl", ".raw", ".cr2", ".nef", ".arw", ".dng", ".psd")]
     if unsupported:
         return (f"{item}: no images or videos clip-ebc reads; the folder holds {', '.join(unsupported)} files, which "
-                + ('need pip install "clip-ebc[heic]"' if set(unsupported) <= {".heic", ".heif"}
-                   else "are not supported (convert them to JPEG or PNG)") + ".")
+                "are not supported (convert them to JPEG or PNG).")
     if not recursive and any(p.is_dir() for p in folder.iterdir()):
         return f"{item}: no images or videos in this folder (use --recursive to look in sub-folders)."
     return f"{item}: no images or videos in this folder."
