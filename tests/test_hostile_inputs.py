@@ -49,13 +49,14 @@ def test_malicious_pickle_names_the_global(tmp_path):
         def __reduce__(self):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
+    from clip_ebc.convert.__main__ import main as convert
+
     path = tmp_path / "best_mae_0.pth"
     torch.save({"image_encoder.conv1.weight": torch.zeros(1), "x": Evil()}, path)
-    proc = subprocess.run([sys.executable, "-m", "clip_ebc.convert", str(path), "-o", str(tmp_path / "out"),
-                           "--backbone", "RN50", "--reduction", "8", "--truncation", "4", "--dataset", "sha"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and not (tmp_path / "pwned").exists()
-    (line,) = proc.stderr.splitlines()
+    result = CliRunner().invoke(convert, [str(path), "-o", str(tmp_path / "out"), "--backbone", "RN50", "--reduction",
+                                          "8", "--truncation", "4", "--dataset", "sha"])
+    assert result.exit_code == 1 and not (tmp_path / "pwned").exists()
+    (line,) = result.stderr.splitlines()
     assert f"{path} cannot be read as a PyTorch checkpoint (it names the Python global 'posix.system'" in line
     assert "weights_only" not in line and "likely succeed" not in line and "trust" not in line
 

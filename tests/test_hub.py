@@ -388,27 +388,24 @@ def test_extraction_limits_and_member_choice(tmp_path, official_pth):
 # --------------------------------------------------------------------------- the command line
 
 
-def test_cli_download_then_offline_count(env, release_server, official_rn50, tmp_path):
-    write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)])})
-    import os
-
+def test_cli_download_then_offline_count(env, release_server, official_rn50, tmp_path, monkeypatch):
+    from click.testing import CliRunner
     from PIL import Image
 
-    run_env = {**os.environ}
+    from clip_ebc.cli import main
+
+    write_manifest(env, {"rn50.tiny": entry(official_rn50, [release_source(release_server)])})
     image = tmp_path / "crowd.png"
     Image.fromarray((torch.rand(200, 300, 3) * 255).byte().numpy()).save(image)
-    proc = subprocess.run([sys.executable, "-m", "clip_ebc.cli", "--download", "rn50.tiny"], env=run_env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert str(fetch.converted_dir("rn50.tiny")) in proc.stdout
-    listing = subprocess.run([sys.executable, "-m", "clip_ebc.cli", "--list-models"], env=run_env,
-                             capture_output=True, text=True, timeout=60).stdout
+    result = CliRunner().invoke(main, ["--download", "rn50.tiny"])
+    assert result.exit_code == 0, result.stderr
+    assert str(fetch.converted_dir("rn50.tiny")) in result.stdout
+    listing = CliRunner().invoke(main, ["--list-models"]).stdout
     assert "rn50.tiny (default)" in listing and listing.splitlines()[1].rstrip().endswith("yes")
-    offline = {**run_env, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "clip_ebc.cli", str(image), "--json"], env=offline,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    row = json.loads(proc.stdout)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(main, [str(image), "--json"])
+    assert result.exit_code == 0, result.stderr
+    row = json.loads(result.stdout)
     assert row["model"] == "rn50.tiny" and row["width"] == 300 and row["height"] == 200
     assert release_server.count("GET") == 2
 

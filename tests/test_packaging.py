@@ -45,7 +45,7 @@ def test_import_is_light():
 
 
 def test_readme_model_table_matches_the_manifest():
-    from clip_ebc.hub import load_manifest
+    from clip_ebc.registry import load_manifest
 
     readme = (ROOT / "README.md").read_text()
     manifest = load_manifest(ROOT / "weights_manifest.json")
