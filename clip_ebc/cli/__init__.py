@@ -106,7 +106,7 @@ EXAMPLES = """Examples:
 @click.option("--device", default="auto", show_default=True, callback=_check_device, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--zones", "zones_file", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON file of named polygons (pixels or 0-1 coordinates): people per zone, on every row.")
-@click.option("--heatmap", type=click.Path(path_type=Path),
+@click.option("--heatmap", metavar="PATH",
               help="Write heatmaps: a .png/.jpg file for one image, an .mp4 for one video, a directory for several "
                    "(<name>_heatmap.png / .mp4; inputs are never overwritten).")
 @click.option("--plot", type=click.Path(path_type=Path),
@@ -139,8 +139,8 @@ EXAMPLES = """Examples:
                    "one (needs pip install \"clip-ebc[ray]\").")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --ray: counting workers (each holds one model; one GPU each when the cluster has GPUs).")
-@click.option("--parquet", "parquet_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="With --ray: also write the rows as Parquet files into this directory.")
+@click.option("--parquet", "parquet_dir", metavar="DIR|URI",
+              help="With --ray: also write the rows as Parquet files into this directory (or s3://... URI).")
 @click.option("--list-models", is_flag=True, help="List the registry's models and exit.")
 @click.option("--download", metavar="NAME|all", help="Fetch a model (or all) into the local cache, check it, and exit.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
@@ -215,6 +215,7 @@ def _main(echo, err, *, inputs, model, device, zones_file, heatmap, plot, side_b
     if ray_address is not None:
         from .ray import run_on_ray
 
+        # --heatmap and --parquet stay text here: they may be s3:// or gs:// URIs
         return run_on_ray(inputs, ray_address, model=model, zones=zones, workers=workers, batch_size=batch_size,
                           precision=precision, native=native_size, recursive=recursive, heatmap=heatmap,
                           as_json=as_json, csv_path=csv_path, parquet_dir=parquet_dir, echo=echo, err=err)
@@ -224,6 +225,7 @@ def _main(echo, err, *, inputs, model, device, zones_file, heatmap, plot, side_b
 
     expanded = without_video_support(expand_inputs(inputs, recursive, probe_timeout=timeout))
     countable = [x for x in expanded if isinstance(x, Input)]
+    heatmap = None if heatmap is None else Path(heatmap)
     settings = Settings(batch_size=batch_size, as_json=as_json, heatmaps=heatmap_targets(heatmap, expanded),
                         plots=plot_targets(plot, countable), opacity=opacity, side_by_side=side_by_side, zones=zones,
                         every=every, start=start, duration=duration, reconnect=reconnect, timeout=timeout)

@@ -12,8 +12,8 @@ from .run import Report, Settings
 
 
 def run_on_ray(inputs: tuple[str, ...], address: str, *, model: str | None, zones: Any, workers: int,
-               batch_size: int, precision: str, native: bool, recursive: bool, heatmap: Path | None, as_json: bool,
-               csv_path: Path | None, parquet_dir: Path | None, echo, err) -> int:
+               batch_size: int, precision: str, native: bool, recursive: bool, heatmap: str | None, as_json: bool,
+               csv_path: Path | None, parquet_dir: str | None, echo, err) -> int:
     """Count ``inputs`` (paths, folders, globs, URIs of images) on the Ray cluster at ``address``; returns
     the exit code (1 when any input failed)."""
     from .. import ray as on_ray
@@ -25,7 +25,7 @@ def run_on_ray(inputs: tuple[str, ...], address: str, *, model: str | None, zone
             settings.sinks.append(CsvSink(csv_path, zones or ()))
         except OSError as e:
             raise click.UsageError(f"cannot write the CSV file {csv_path}: {e.strerror or e}.") from e
-    if heatmap is not None and heatmap.suffix:
+    if heatmap is not None and Path(heatmap.split("?", 1)[0]).suffix:
         raise click.UsageError(f"--heatmap {heatmap}: with --ray, heatmaps go into a directory (or a URI).")
     report = Report(settings, echo, err)
     counted, people = 0, 0.0
