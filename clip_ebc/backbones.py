@@ -1,26 +1,43 @@
-"""Image encoders built from open_clip's CLIP visual towers, cut down to return feature maps.
+"""CLIP's image towers, cut down to return feature maps.
 
-* :class:`ResNetEncoder`: open_clip's ``ModifiedResNet`` up to ``layer4``, attention pooling
-  removed; ``layer4`` runs at stride 1 when the block size is 16 or less (spec §1.3).
-* :class:`ViTEncoder`: open_clip's ``VisionTransformer`` returning the patch tokens after
-  ``ln_post`` as a map, projection removed, with optional visual prompt tuning (VPT, spec §1.4).
+* :class:`ResNetEncoder`: CLIP's modified ResNet (three stem convolutions, anti-aliased strided
+  bottlenecks) up to ``layer4``, attention pooling removed; ``layer4`` runs at stride 1 when the block
+  size is 16 or less (spec §1.3).
+* :class:`ViTEncoder`: CLIP's vision transformer returning the patch tokens after ``ln_post`` as a map,
+  projection removed, with optional visual prompt tuning (VPT, spec §1.4).
 
-Both use QuickGELU (as the OpenAI weights do) and keep open_clip's parameter names, so their state
-dicts match open_clip's ``visual.*`` (and the official ``image_encoder.*``) key for key.
-Nothing is downloaded here.
+The modules are written here rather than imported from open_clip (whose import costs about two seconds,
+through torchvision), with open_clip's parameter names and the same operations in the same order: QuickGELU,
+LayerNorm computed in float32, ``nn.MultiheadAttention``. Their state dicts match open_clip's ``visual.*``
+(and the official ``image_encoder.*``) key for key, and their outputs match open_clip's bit for bit
+(``tests/test_backbones.py``). Nothing is downloaded here.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
-from open_clip.modified_resnet import ModifiedResNet
-from open_clip.transformer import LayerNormFp32, QuickGELU, VisionTransformer
 from torch import Tensor, nn
 
 from .config import ClipArchitecture, ModelConfig
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``, the activation CLIP's OpenAI weights were trained with."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class LayerNormFp32(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input dtype, returned in the input dtype (as upstream)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        return F.layer_norm(x.to(torch.float32), self.normalized_shape, self.weight, self.bias, self.eps).to(dtype)
 
 
 def interpolate_pos_embed(pos_embed: Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
@@ -40,7 +57,42 @@ def interpolate_pos_embed(pos_embed: Tensor, grid: tuple[int, int], new_grid: tu
     return torch.cat([cls_row, patches], dim=0)
 
 
-class ResNetEncoder(ModifiedResNet):
+class Bottleneck(nn.Module):
+    """CLIP's bottleneck: 1x1, 3x3, (average pool when strided), 1x1 x4 channels, with an average-pooled
+    1x1 shortcut when the shape changes."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = nn.ReLU(inplace=True)
+        self.avgpool: nn.Module = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.act3 = nn.ReLU(inplace=True)
+        self.downsample: nn.Sequential | None = None
+        if stride > 1 or inplanes != planes * self.expansion:
+            self.downsample = nn.Sequential(OrderedDict([
+                ("-1", nn.AvgPool2d(stride)),
+                ("0", nn.Conv2d(inplanes, planes * self.expansion, 1, stride=1, bias=False)),
+                ("1", nn.BatchNorm2d(planes * self.expansion)),
+            ]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.avgpool(out)
+        out = self.bn3(self.conv3(out))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.act3(out)
+
+
+class ResNetEncoder(nn.Module):
     """CLIP's modified ResNet returning the ``layer4`` map: (B, 32*width, H/stride, W/stride).
 
     With stride 16 (block sizes up to 16, see :attr:`ModelConfig.encoder_stride`) ``layer4``'s two
@@ -50,14 +102,31 @@ class ResNetEncoder(ModifiedResNet):
     def __init__(self, arch: ClipArchitecture, stride: int) -> None:
         if stride not in (16, 32):
             raise ValueError(f"a CLIP ResNet encoder has stride 16 or 32, not {stride}.")
-        super().__init__(
-            layers=list(arch.vision_layers),  # type: ignore[arg-type]
-            output_dim=arch.embed_dim,
-            heads=arch.vision_heads,
-            image_size=arch.image_resolution,
-            width=arch.vision_width,
-        )
-        self.attnpool = None  # the pooling head (with CLIP's image projection) is not used
+        super().__init__()
+        width = arch.vision_width
+        self.conv1 = nn.Conv2d(3, width // 2, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // 2)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width // 2)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(width // 2, width, kernel_size=3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.act3 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(2)
+        inplanes = width
+        stages = []
+        for i, blocks in enumerate(arch.vision_layers):  # type: ignore[union-attr]
+            planes = width * 2**i
+            layer = [Bottleneck(inplanes, planes, 1 if i == 0 else 2)]
+            inplanes = planes * Bottleneck.expansion
+            layer += [Bottleneck(inplanes, planes) for _ in range(1, blocks)]
+            stages.append(nn.Sequential(*layer))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        for stage in stages:  # CLIP's initialisation: each residual branch starts as zero
+            for name, param in stage.named_parameters():
+                if name.endswith("bn3.weight"):
+                    nn.init.zeros_(param)
         if stride == 16:
             first = self.layer4[0]
             first.avgpool = nn.Identity()
@@ -65,6 +134,12 @@ class ResNetEncoder(ModifiedResNet):
                 setattr(first.downsample, "-1", nn.Identity())
         self.stride = stride
         self.out_channels = arch.encoder_channels
+
+    def stem(self, x: Tensor) -> Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.act3(self.bn3(self.conv3(x)))
+        return self.avgpool(x)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
@@ -74,7 +149,39 @@ class ResNetEncoder(ModifiedResNet):
         return self.layer4(x)
 
 
-class ViTEncoder(VisionTransformer):
+class ResidualAttentionBlock(nn.Module):
+    """A pre-norm transformer block, sequence-first (L, N, D): attention, then a QuickGELU MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.ln_1 = LayerNormFp32(width)
+        # sequence-first, as upstream: the input projection then sees a contiguous tensor (batch-first makes
+        # nn.MultiheadAttention transpose, and in bfloat16 that view's projection is 6x slower)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=False)
+        self.ln_2 = LayerNormFp32(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, hidden)),
+            ("gelu", QuickGELU()),
+            ("c_proj", nn.Linear(hidden, width)),
+        ]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.ln_1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """The stack of blocks (``transformer.resblocks.{i}``, open_clip's names)."""
+
+    def __init__(self, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.width, self.layers = width, layers
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+
+class ViTEncoder(nn.Module):
     """CLIP's ViT returning patch tokens after ``ln_post`` as a map: (B, width, H/patch, W/patch).
 
     The positional-embedding table holds ``input_size / patch`` tokens per side; other input sizes
@@ -92,36 +199,28 @@ class ViTEncoder(VisionTransformer):
         deep_vpt: bool = True,
         vpt_drop: float = 0.0,
     ) -> None:
+        super().__init__()
         patch = int(arch.vision_patch_size)  # type: ignore[arg-type]
         depth = int(arch.vision_layers)  # type: ignore[arg-type]
-        super().__init__(
-            image_size=input_size,
-            patch_size=patch,
-            width=arch.vision_width,
-            layers=depth,
-            heads=arch.vision_heads,
-            mlp_ratio=4.0,
-            output_dim=arch.embed_dim,
-            act_layer=QuickGELU,
-            norm_layer=LayerNormFp32,  # LayerNorm in float32 whatever the input dtype, as upstream
-        )
-        self.proj = None  # CLIP's image projection is not used
-        # Run the blocks sequence-first (L, N, D), as upstream does: the attention's input projection then
-        # sees a contiguous tensor. Batch-first makes nn.MultiheadAttention transpose internally, and in
-        # bfloat16 the projection of that transposed view copies the weight once per token (6x slower).
-        self.transformer.batch_first = False
-        for block in self.transformer.resblocks:
-            block.attn.batch_first = False
+        width = arch.vision_width
+        self.grid_size = (input_size // patch, input_size // patch)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
+        scale = width**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid_size[0] * self.grid_size[1] + 1, width))
+        self.ln_pre = LayerNormFp32(width)
+        self.transformer = Transformer(width, depth, arch.vision_heads)
+        self.ln_post = LayerNormFp32(width)
         self.stride = patch
-        self.out_channels = arch.vision_width
+        self.out_channels = width
         for p in self.parameters():
             p.requires_grad_(False)
         self.deep_vpt = bool(deep_vpt)
         if num_vpt > 0:
             tables = depth if deep_vpt else 1
-            self.vpt = nn.Parameter(torch.empty(tables, num_vpt, arch.vision_width))
+            self.vpt = nn.Parameter(torch.empty(tables, num_vpt, width))
             # Upstream's bound uses 3 * patch (not patch**2): sqrt(6 / 816) for ViT-B/16.
-            bound = math.sqrt(6.0 / float(3 * patch + arch.vision_width))
+            bound = math.sqrt(6.0 / float(3 * patch + width))
             nn.init.uniform_(self.vpt, -bound, bound)
         else:
             self.register_parameter("vpt", None)

@@ -41,19 +41,22 @@ class BackboneInfo:
     """Name in the official code, e.g. ``"resnet50"`` (used as ``clip_resnet50`` in run names)."""
     decoder_channels: tuple[int, ...]
     """Default decoder widths (hard-coded per backbone upstream, spec §1.6)."""
+    clip: tuple[Any, ...]
+    """The CLIP architecture as open_clip's model config gives it (``tests/test_config.py`` checks them):
+    embed dim, image resolution, vision layers, vision width, patch size, text width, text heads."""
 
 
 BACKBONES: dict[str, BackboneInfo] = {
     b.name: b
     for b in (
-        BackboneInfo("RN50", "resnet50", (2048,)),
-        BackboneInfo("RN101", "resnet101", (2048, 1024)),
-        BackboneInfo("RN50x4", "resnet50x4", (1280,)),
-        BackboneInfo("RN50x16", "resnet50x16", (1536,)),
-        BackboneInfo("RN50x64", "resnet50x64", (2048,)),
-        BackboneInfo("ViT-B-32", "vit_b_32", (768,)),
-        BackboneInfo("ViT-B-16", "vit_b_16", (768,)),
-        BackboneInfo("ViT-L-14", "vit_l_14", (1024,)),
+        BackboneInfo("RN50", "resnet50", (2048,), (1024, 224, (3, 4, 6, 3), 64, None, 512, 8)),
+        BackboneInfo("RN101", "resnet101", (2048, 1024), (512, 224, (3, 4, 23, 3), 64, None, 512, 8)),
+        BackboneInfo("RN50x4", "resnet50x4", (1280,), (640, 288, (4, 6, 10, 6), 80, None, 640, 10)),
+        BackboneInfo("RN50x16", "resnet50x16", (1536,), (768, 384, (6, 8, 18, 8), 96, None, 768, 12)),
+        BackboneInfo("RN50x64", "resnet50x64", (2048,), (1024, 448, (3, 15, 36, 10), 128, None, 1024, 16)),
+        BackboneInfo("ViT-B-32", "vit_b_32", (768,), (512, 224, 12, 768, 32, 512, 8)),
+        BackboneInfo("ViT-B-16", "vit_b_16", (768,), (512, 224, 12, 768, 16, 512, 8)),
+        BackboneInfo("ViT-L-14", "vit_l_14", (1024,), (768, 224, 24, 1024, 14, 768, 12)),
     )
 }
 
@@ -175,36 +178,47 @@ class ClipArchitecture:
         return cls(**data)
 
     @classmethod
+    def for_backbone(cls, name: str) -> ClipArchitecture:
+        """The CLIP architecture of a supported backbone (:data:`BACKBONES`); no weights, no open_clip."""
+        return _backbone_architecture(name)
+
+    @classmethod
     def from_open_clip(cls, name: str) -> ClipArchitecture:
-        """The architecture of one of open_clip's model configs (no weights are touched)."""
-        return _open_clip_architecture(name)
+        """The architecture of one of open_clip's model configs (imports open_clip; no weights are touched)."""
+        import open_clip
+
+        cfg = open_clip.get_model_config(name)
+        if cfg is None:
+            raise ConfigError(f"open_clip has no model config named {name!r}.")
+        v, t = cfg["vision_cfg"], cfg["text_cfg"]
+        layers = v["layers"]
+        width = int(v["width"])
+        resnet = isinstance(layers, (list, tuple))
+        head_width = int(v.get("head_width", 64))
+        return cls(
+            embed_dim=int(cfg["embed_dim"]),
+            image_resolution=int(v["image_size"]),
+            vision_layers=tuple(layers) if resnet else int(layers),
+            vision_width=width,
+            vision_patch_size=None if resnet else int(v["patch_size"]),
+            vision_heads=width * 32 // head_width if resnet else width // head_width,
+            context_length=int(t.get("context_length", 77)),
+            vocab_size=int(t.get("vocab_size", 49408)),
+            transformer_width=int(t["width"]),
+            transformer_heads=int(t["heads"]),
+            transformer_layers=int(t["layers"]),
+        )
 
 
 @lru_cache(maxsize=None)
-def _open_clip_architecture(name: str) -> ClipArchitecture:
-    import open_clip
-
-    cfg = open_clip.get_model_config(name)
-    if cfg is None:
-        raise ConfigError(f"open_clip has no model config named {name!r}.")
-    v, t = cfg["vision_cfg"], cfg["text_cfg"]
-    layers = v["layers"]
-    width = int(v["width"])
-    resnet = isinstance(layers, (list, tuple))
-    head_width = int(v.get("head_width", 64))
-    return ClipArchitecture(
-        embed_dim=int(cfg["embed_dim"]),
-        image_resolution=int(v["image_size"]),
-        vision_layers=tuple(layers) if resnet else int(layers),
-        vision_width=width,
-        vision_patch_size=None if resnet else int(v["patch_size"]),
-        vision_heads=width * 32 // head_width if resnet else width // head_width,
-        context_length=int(t.get("context_length", 77)),
-        vocab_size=int(t.get("vocab_size", 49408)),
-        transformer_width=int(t["width"]),
-        transformer_heads=int(t["heads"]),
-        transformer_layers=int(t["layers"]),
-    )
+def _backbone_architecture(name: str) -> ClipArchitecture:
+    info = BACKBONES.get(name)
+    if info is None:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.")
+    embed, resolution, layers, width, patch, text_width, text_heads = info.clip
+    return ClipArchitecture(embed_dim=embed, image_resolution=resolution, vision_layers=layers, vision_width=width,
+                            vision_patch_size=patch, vision_heads=width * 32 // 64 if patch is None else width // 64,
+                            transformer_width=text_width, transformer_heads=text_heads)
 
 
 @dataclass(frozen=True)
@@ -360,8 +374,8 @@ class ModelConfig:
 
     @property
     def architecture(self) -> ClipArchitecture:
-        """The CLIP architecture: the custom one, or open_clip's config of ``backbone``."""
-        return self.clip if self.clip is not None else ClipArchitecture.from_open_clip(self.backbone)
+        """The CLIP architecture: the custom one, or the standard one of ``backbone``."""
+        return self.clip if self.clip is not None else ClipArchitecture.for_backbone(self.backbone)
 
     @property
     def is_vit(self) -> bool:

@@ -45,11 +45,8 @@ def test_backbone_shapes(name, reduction):
     assert tuple(out.logits.shape) == tuple(out.probs.shape) == (2, 5, H // reduction, W // reduction)
     assert tuple(out.density.shape) == (2, 1, H // reduction, W // reduction)
     assert model.output_size(H, W) == (H // reduction, W // reduction)
-    if patch is None:
-        assert model.image_encoder.attnpool is None
-        assert not any(k.startswith("image_encoder.attnpool") for k in model.state_dict())
-    else:
-        assert model.image_encoder.proj is None
+    assert not any(k.startswith(("image_encoder.attnpool", "image_encoder.proj")) for k in model.state_dict())
+    if patch is not None:
         assert tuple(model.image_encoder.vpt.shape) == (12 if name != "ViT-L-14" else 24, 32, channels)
 
 
@@ -123,3 +120,68 @@ def test_vit_positional_table_follows_input_size():
     shallow = build("ViT-B-16", 8, deep_vpt=False, num_vpt=8)
     assert tuple(shallow.image_encoder.vpt.shape) == (1, 8, 768)
     assert build("ViT-B-16", 8, num_vpt=0).image_encoder.vpt is None
+
+
+TINY_RN = dict(embed_dim=16, image_resolution=64, vision_layers=(1, 2, 1, 1), vision_width=8, vision_patch_size=None,
+               vision_heads=2, transformer_width=8, transformer_heads=2, transformer_layers=1)
+TINY_VIT = dict(embed_dim=16, image_resolution=32, vision_layers=2, vision_width=32, vision_patch_size=8,
+                vision_heads=2, transformer_width=8, transformer_heads=2, transformer_layers=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_towers_equal_open_clips_bit_for_bit(dtype):
+    """Our encoders are open_clip's, with its parameter names: the same state dict loads into both and
+    they compute the same numbers, exactly, in float32 and under bfloat16 autocast."""
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.transformer import LayerNormFp32, QuickGELU, VisionTransformer
+
+    from clip_ebc.backbones import ResNetEncoder, ViTEncoder
+    from clip_ebc.config import ClipArchitecture
+
+    torch.manual_seed(0)
+    rn = ClipArchitecture(**TINY_RN)
+    ours = ResNetEncoder(rn, 32).eval()
+    theirs = ModifiedResNet(list(rn.vision_layers), rn.embed_dim, rn.vision_heads, rn.image_resolution, rn.vision_width).eval()
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in ours.state_dict().items()}
+    state = {k: v.abs() + 0.5 if "running_var" in k else v for k, v in state.items()}
+    ours.load_state_dict(state)
+    missing, unexpected = theirs.load_state_dict(state, strict=False)
+    assert unexpected == [] and all(k.startswith("attnpool.") for k in missing)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != torch.float32):
+        a = ours(x)
+        b = theirs.layer4(theirs.layer3(theirs.layer2(theirs.layer1(theirs.stem(x)))))
+    assert torch.equal(a, b)
+
+    vit = ClipArchitecture(**TINY_VIT)
+    ours = ViTEncoder(vit, 32, num_vpt=0).eval()
+    theirs = VisionTransformer(32, 8, vit.vision_width, 2, vit.vision_heads, 4.0, output_dim=16, act_layer=QuickGELU,
+                               norm_layer=LayerNormFp32).eval()
+    theirs.transformer.batch_first = False
+    for block in theirs.transformer.resblocks:
+        block.attn.batch_first = False
+    state = {k: torch.randn_like(v) for k, v in ours.state_dict().items()}
+    ours.load_state_dict(state)
+    missing, unexpected = theirs.load_state_dict(state, strict=False)
+    assert unexpected == [] and missing == ["proj"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != torch.float32):
+        tokens, _ = ours.forward_tokens(x)
+        y = theirs.conv1(x).flatten(2).transpose(1, 2)
+        y = torch.cat([theirs.class_embedding.to(y.dtype).expand(2, 1, -1), y], dim=1) + theirs.positional_embedding.to(y.dtype)
+        y = theirs.ln_pre(y).transpose(0, 1)
+        for block in theirs.transformer.resblocks:
+            y = block(y)
+        y = theirs.ln_post(y.transpose(0, 1))
+    assert torch.equal(tokens, y)
+
+
+def test_inference_does_not_import_open_clip(tiny_dirs):
+    import subprocess
+    import sys
+
+    code = (f"import sys; from clip_ebc import CrowdCounter; import numpy as np; "
+            f"CrowdCounter({str(tiny_dirs['vit'])!r}, device='cpu').count(np.zeros((64, 64, 3), np.uint8)); "
+            "print(sorted(m for m in ('open_clip', 'torchvision', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr

@@ -34,7 +34,8 @@ SPEC_TABLE = {
 @pytest.mark.parametrize("name", list(SPEC_TABLE))
 def test_named_architectures_match_the_spec(name):
     embed, channels, decoder, text, heads = SPEC_TABLE[name]
-    arch = ClipArchitecture.from_open_clip(name)
+    arch = ClipArchitecture.for_backbone(name)
+    assert arch == ClipArchitecture.from_open_clip(name)  # the built-in table is open_clip's config
     assert (arch.embed_dim, arch.encoder_channels, arch.vision_heads) == (embed, channels, heads)
     assert (arch.transformer_width, arch.transformer_heads, arch.transformer_layers) == text
     assert (arch.context_length, arch.vocab_size) == (77, 49408)

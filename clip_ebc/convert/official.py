@@ -32,7 +32,6 @@ from ..config import BACKBONES, ClipArchitecture, DecoderEntry, ModelConfig, can
 from ..errors import CheckpointError, ConfigError, ConversionError
 from ..fetch import sha256_file
 from ..model import CLIPEBC, check_state_dict
-from ..text import encode_prompts
 
 OFFICIAL_REPO = "https://github.com/Yiming-M/CLIP-EBC"
 
@@ -125,7 +124,7 @@ def convert_official(
     name = canonical_backbone(backbone) or backbone
     if clip_config is None and name not in BACKBONES:
         raise ConversionError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
-    arch = clip_config if clip_config is not None else ClipArchitecture.from_open_clip(name)
+    arch = clip_config if clip_config is not None else ClipArchitecture.for_backbone(name)
 
     if arch.is_resnet:
         if "image_encoder.vpt" in model_sd:
@@ -187,6 +186,8 @@ def convert_official(
         check_state_dict(model, model_sd, source=f"the official checkpoint does not fit a {name} model", advice=hint)
     except CheckpointError as e:
         raise ConversionError(str(e)) from e
+    from ..text import encode_prompts  # open_clip's text tower: imported only when converting
+
     try:
         model_sd["text_embeddings"] = encode_prompts(config.prompts or (), arch, text_sd)
     except CheckpointError as e:

@@ -136,7 +136,7 @@ def build_model(config: TrainConfig) -> CLIPEBC:
     bins = make_bins(config.truncation, config.granularity)  # type: ignore[arg-type]
     anchors, anchor_source = _anchor_values(config, bins)
     name = canonical_backbone(config.backbone) or config.backbone
-    arch = ClipArchitecture.from_dict(config.clip) if config.clip is not None else ClipArchitecture.from_open_clip(name)
+    arch = ClipArchitecture.from_dict(config.clip) if config.clip is not None else ClipArchitecture.for_backbone(name)
     model_config = ModelConfig(
         backbone=name, clip=arch if config.clip is not None else None, reduction=config.reduction, bins=tuple(bins),
         anchor_points=tuple(anchors), prompt_type=config.prompt_type,
