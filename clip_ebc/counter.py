@@ -216,8 +216,9 @@ class CrowdCounter:
     batch_size: crops per forward pass. tile_size, tile_margin: ResNet inputs with more pixels than
     ``(tile_size + 2 * tile_margin)**2`` are processed as tiles (pixels; multiples of 32).
     window, stride: ViT sliding window (default: the model's input size, 224, for both).
-    precision: ``"auto"`` (float32 on CPU, float16 on GPUs), ``"float32"``, ``"bfloat16"`` (CPUs with
-    native bfloat16, GPUs) or ``"float16"`` (GPUs); lower precision runs the network under autocast
+    precision: ``"auto"`` (bfloat16 on CPUs with native bfloat16, float16 on GPUs, float32 otherwise),
+    ``"float32"`` (exact), ``"bfloat16"`` (CPUs with native bfloat16, GPUs) or ``"float16"`` (GPUs); lower
+    precision holds the network's weights in that dtype (or runs it under autocast with ``optimize=False``)
     while the bin probabilities, expectation and count stay float32.
     optimize: fold BatchNorm into the convolutions and use the channels-last layout (exact in
     float32; ``False`` runs the model as loaded).
@@ -255,10 +256,11 @@ class CrowdCounter:
         else:
             loaded = load(model, cache_dir=cache_dir, offline=offline, progress=progress)
             self.model, self.name, dataset = loaded.model, loaded.name, loaded.dataset
-        if optimize:
-            self.model = prepare_for_inference(self.model, self.device)
+        if optimize:  # the weights are then held in the compute dtype: no autocast needed
+            self.model = prepare_for_inference(self.model, self.device, self.dtype, onednn=not compile)
         else:
             self.model = self.model.to(self.device).eval()
+        self._autocast = self.dtype != torch.float32 and not optimize
         self.config = self.model.config
         if compile:
             # torch.compile pays for itself over many same-sized crops (ViT windows): measured on a 2-core
@@ -432,8 +434,7 @@ class CrowdCounter:
                 jobs.append(CountResult(math.nan, np.zeros((0, 0), np.float32), self.block_size, (0, 0), self.name,
                                         source=describe(source), error=str(e)))
         ready = [j for j in jobs if isinstance(j, _Job)]
-        low = self.dtype != torch.float32
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=low):
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast):
             maps = run_plans(self.model, [j.x for j in ready], [j.plan for j in ready], [j.cells for j in ready],
                              batch_size=batch_size, max_batch_pixels=self._batch_pixels(batch_size)) if ready else []
         per_image = (time.perf_counter() - start) / max(len(items), 1)

@@ -85,8 +85,10 @@ class CLIPEBC(nn.Module, PyTorchModelHubMixin):  # the Hub card's metadata is in
         return self.config.reduction
 
     def encode(self, x: Tensor) -> Tensor:
-        """Image features on the block grid, before the decoder: (B, C_enc, h, w)."""
-        x = self.image_encoder(x)
+        """Image features on the block grid, before the decoder: (B, C_enc, h, w). The input is cast to
+        the dtype of the first convolution's weights (float32, or a lower precision the runtime holds
+        them in)."""
+        x = self.image_encoder(x.to(self.image_encoder.conv1.weight.dtype))
         stride, r = self.image_encoder.stride, self.config.reduction
         if stride != r:
             # A scale factor, not a target size: they differ for non-integer factors (ViT-L/14: 1.75).

@@ -19,6 +19,7 @@ import platform
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
@@ -122,7 +123,9 @@ def native_cpu_bfloat16() -> bool:
 def resolve_precision(precision: str | torch.dtype, device: torch.device) -> torch.dtype:
     """The compute dtype for ``precision`` on ``device``.
 
-    ``"auto"`` is float32 on the CPU (exact; bfloat16 is opt-in), float16 on CUDA and MPS.
+    ``"auto"`` is bfloat16 on CPUs that compute it natively (2-3x float32's speed; counts move by about
+    0.01-0.1 %, see README "Speed"), float32 on other CPUs, float16 on CUDA and MPS. ``"float32"`` is the
+    exact choice (what the parity tests pin).
     """
     if isinstance(precision, torch.dtype):
         name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(precision, str(precision))
@@ -131,7 +134,9 @@ def resolve_precision(precision: str | torch.dtype, device: torch.device) -> tor
     if name not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)} (or fp32/bf16/fp16), got {precision!r}.")
     if name == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
+        if device.type == "cpu":
+            return torch.bfloat16 if native_cpu_bfloat16() else torch.float32
+        return torch.float16
     dtype = getattr(torch, name)
     if device.type == "cpu":
         if dtype is torch.float16:
@@ -153,12 +158,125 @@ def _torch_release() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+def prepare_for_inference(model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32, *,
+                          onednn: bool = True) -> nn.Module:
     """Eval mode without gradients, BatchNorm folded, on ``device``; on CPU and CUDA the convolution
-    weights are also put in channels-last memory format (other tensors are unaffected)."""
+    weights are also put in channels-last memory format (other tensors are unaffected). With a lower
+    ``dtype`` the weights autocast would cast on every call are held in it (:func:`hold_weights_in`).
+    On CPUs, transformer blocks compute through oneDNN (:func:`speed_up_transformer_blocks`) unless
+    ``onednn=False`` (``torch.compile`` makes its own kernels and cannot trace those operators)."""
     model = model.eval().requires_grad_(False)
     fold_batchnorm(model)
     model = model.to(device)
     if device.type in ("cpu", "cuda"):
         model = model.to(memory_format=torch.channels_last)
+    if dtype != torch.float32:
+        hold_weights_in(model, dtype)
+    if onednn and device.type == "cpu" and onednn_linear_available():
+        speed_up_transformer_blocks(model)
     return model
+
+
+HELD_MODULES = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
+"""The modules whose weights autocast casts to the lower precision: their products dominate the work."""
+
+
+@torch.no_grad()
+def hold_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
+    """Cast the weights and biases of every convolution, linear layer and attention to ``dtype``, in
+    place, once (autocast would cast them again on every forward pass); returns how many modules.
+
+    Everything else stays float32, as under autocast: LayerNorms (computed in float32), embeddings,
+    visual prompts, and the head (similarities, softmax over bins, expectation). The model then runs
+    without autocast on inputs of ``dtype`` (:meth:`CLIPEBC.encode` casts them), and computes what it
+    computes under autocast (``tests/test_runtime.py`` compares the two). Inference only: the model's
+    own float32 weights are gone.
+    """
+    held = 0
+    for module in model.modules():
+        if isinstance(module, HELD_MODULES):
+            module.to(dtype)
+            held += 1
+    return held
+
+
+# --------------------------------------------------------------------------------------------------
+# Transformer blocks on CPUs: products through oneDNN
+# --------------------------------------------------------------------------------------------------
+#
+# On x86 CPUs PyTorch sends float32 linear layers to MKL, whose AMD code path is AVX2: on CPUs with a
+# full-width AVX-512 unit it reaches half of what oneDNN's kernels (already used for convolutions and
+# for bfloat16) do. The replacements below compute the same products through oneDNN, fuse CLIP's
+# QuickGELU into the first MLP product, and run bfloat16 attention as two batched products (twice as
+# fast as the fused attention kernel at ViT sequence lengths, measured in benchmarks/RESULTS.md).
+
+QUICK_GELU = 1.702
+"""QuickGELU(x) = x sigmoid(1.702 x) = silu(1.702 x) / 1.702: the 1.702 moves into the weights."""
+
+
+def onednn_linear_available() -> bool:
+    """Whether this PyTorch has oneDNN's fused linear operator (``torch.ops.mkldnn._linear_pointwise``)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post: str = "none") -> torch.Tensor:
+    """``F.linear`` (then ``silu`` when ``post="swish"``) through oneDNN, for any leading dimensions."""
+    shape = x.shape
+    y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), weight, bias, post, [], "")
+    return y.view(*shape[:-1], y.shape[-1])
+
+
+class OneDNNMLP(nn.Module):
+    """CLIP's ``c_fc -> QuickGELU -> c_proj`` as ``silu(1.702 c_fc) -> c_proj / 1.702``, both products
+    through oneDNN with the silu fused into the first (the rescaled weights are computed in float64 and
+    rounded once, in the weights' dtype)."""
+
+    def __init__(self, c_fc: nn.Linear, c_proj: nn.Linear) -> None:
+        super().__init__()
+        dtype = c_fc.weight.dtype
+        self.w1 = nn.Parameter((c_fc.weight.double() * QUICK_GELU).to(dtype), requires_grad=False)
+        self.b1 = nn.Parameter((c_fc.bias.double() * QUICK_GELU).to(dtype), requires_grad=False)
+        self.w2 = nn.Parameter((c_proj.weight.double() / QUICK_GELU).to(dtype), requires_grad=False)
+        self.b2 = nn.Parameter(c_proj.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _onednn_linear(_onednn_linear(x, self.w1, self.b1, "swish"), self.w2, self.b2)
+
+
+class OneDNNAttention(nn.Module):
+    """``nn.MultiheadAttention`` (sequence-first, self-attention, no mask) with its projections through
+    oneDNN; float32 keeps PyTorch's fused attention kernel (the official numerics), lower precisions use
+    two batched products with the softmax between them. Called like the module it replaces."""
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        self.num_heads = mha.num_heads
+        self.in_proj_weight, self.in_proj_bias = mha.in_proj_weight, mha.in_proj_bias
+        self.out_weight, self.out_bias = mha.out_proj.weight, mha.out_proj.bias
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, None]:
+        length, batch, width = query.shape
+        heads = self.num_heads
+        qkv = _onednn_linear(query, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(length, batch, 3, heads, width // heads).permute(2, 1, 3, 0, 4)  # (N, H, L, d) each
+        if query.dtype == torch.float32:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = torch.matmul(q * (width // heads) ** -0.5, k.transpose(-1, -2))
+            out = torch.matmul(scores.softmax(-1), v)
+        out = out.permute(2, 0, 1, 3).reshape(length, batch, width)
+        return _onednn_linear(out, self.out_weight, self.out_bias), None
+
+
+def speed_up_transformer_blocks(model: nn.Module) -> int:
+    """Replace, in place, the attention and MLP of every CLIP transformer block (ViT encoders) with
+    :class:`OneDNNAttention` and :class:`OneDNNMLP`; returns how many blocks. CPU inference only."""
+    from .backbones import ResidualAttentionBlock
+
+    blocks = [m for m in model.modules() if isinstance(m, ResidualAttentionBlock)
+              and isinstance(m.attn, nn.MultiheadAttention)]  # a model prepared before is left as it is
+    for block in blocks:
+        block.attn = OneDNNAttention(block.attn)
+        block.mlp = OneDNNMLP(block.mlp.c_fc, block.mlp.c_proj)
+    return len(blocks)

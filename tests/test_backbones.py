@@ -1,5 +1,7 @@
 """Every supported backbone at its real size, built on the meta device (no memory, no weights)."""
 
+import functools
+
 import pytest
 import torch
 
@@ -21,6 +23,17 @@ H, W = 448, 672  # divisible by 14, 16 and 32
 
 
 def build(name: str, reduction: int, **kw) -> CLIPEBC:
+    """A real-size model on the meta device; without options, one per backbone and block size serves every
+    test (meta tensors hold no values, and the tests only read shapes)."""
+    return _make(name, reduction, **kw) if kw else _shared(name, reduction)
+
+
+@functools.lru_cache(maxsize=None)
+def _shared(name: str, reduction: int) -> CLIPEBC:
+    return _make(name, reduction)
+
+
+def _make(name: str, reduction: int, **kw) -> CLIPEBC:
     config = ModelConfig(backbone=name, reduction=reduction, bins=official_bins(8, 4),
                          anchor_points=[0, 1, 2, 3, 4.3], **kw)
     with torch.device("meta"):
