@@ -194,7 +194,7 @@ def hold_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
     """
     held = 0
     for module in model.modules():
-        if isinstance(module, HELD_MODULES):
+        if isinstance(module, (*HELD_MODULES, OneDNNMLP, OneDNNAttention)):  # the latter: prepared before
             module.to(dtype)
             held += 1
     return held
