@@ -205,9 +205,13 @@ class ViTEncoder(nn.Module):
         width = arch.vision_width
         self.grid_size = (input_size // patch, input_size // patch)
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
-        scale = width**-0.5
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid_size[0] * self.grid_size[1] + 1, width))
+        self.class_embedding = nn.Parameter(torch.empty(width))
+        self.positional_embedding = nn.Parameter(torch.empty(self.grid_size[0] * self.grid_size[1] + 1, width))
+        # CLIP's N(0, 1/width); skipped on the meta device (where models are built before loading), whose
+        # random-number decompositions import torch._dynamo (0.7 s) for values that do not exist
+        if not self.class_embedding.is_meta:
+            nn.init.normal_(self.class_embedding, std=width**-0.5)
+            nn.init.normal_(self.positional_embedding, std=width**-0.5)
         self.ln_pre = LayerNormFp32(width)
         self.transformer = Transformer(width, depth, arch.vision_heads)
         self.ln_post = LayerNormFp32(width)

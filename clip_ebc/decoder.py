@@ -95,6 +95,8 @@ def init_conv_bn(module: nn.Module) -> None:
     """The official initialisation of the decoder and projection: Kaiming-normal convs (fan_out,
     ReLU gain) with zero bias, BatchNorm weight 1 and bias 0."""
     for m in module.modules():
+        if any(p.is_meta for p in m.parameters(recurse=False)):
+            continue  # no values to set (and the meta device's normal_ imports torch._dynamo, 0.7 s)
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:

