@@ -9,10 +9,13 @@ values): BatchNorm statistics from two training-mode batches, the head re-centre
 different bins. With ``--official`` the weights come from the official implementation's own classes
 (see ``official.py``) and are converted, so both implementations count the same model.
 
-For each model, input size and batch size it measures, per variant: latency (median of ``--repeats``
-runs after one warm-up), images per second, peak resident memory during the run (and peak CUDA memory),
-achieved GFLOP/s and its fraction of the machine's matrix-product peak in that precision (measured at
-the start), and the count with its difference from the float32 eager count. It also times loading a
+For each model, input size and batch size it measures, per variant: latency (minimum and median over
+``--repeats`` rounds after one warm-up, the variants alternating A B C A B C ... so that a machine that
+gets busy slows them alike; the 1-minute load average before and after each case is printed), images
+per second, peak resident memory during a run (and peak CUDA memory), achieved GFLOP/s (from the
+minimum) and its fraction of the machine's peak in that precision, measured at the start the way the
+fastest kernel runs (oneDNN's, as a 1x1 channels-last convolution; ``torch.matmul``'s figure is printed
+too), and the count with its difference from the float32 eager count. It also times loading a
 saved checkpoint from a warm cache. One table is printed at the end (``--markdown`` for RESULTS.md).
 ``+RSS`` is the resident memory a run adds to the process (several models live in this process);
 ``--memory`` instead measures the whole peak of a fresh process per case: import, load, count one image.
@@ -85,17 +88,33 @@ class PeakRSS:
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Achieved GFLOP/s of an n x n matrix product, the best of ``repeats``."""
+    """Achieved GFLOP/s of an n x n matrix product (``torch.matmul``: MKL for float32 on x86 CPUs), the
+    best of ``repeats``."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
+    return 2 * n**3 / _best(lambda: a @ b, device, repeats) / 1e9
+
+
+def onednn_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """Achieved GFLOP/s of the same n x n x n product run as a 1x1 convolution over n channels-last
+    positions: on CPUs that is oneDNN's kernel, the fastest one PyTorch has for every precision (on
+    CUDA the same cuDNN/cuBLAS peak as the matrix product). The reference for "% of peak"."""
+    x = torch.randn(1, n, 1, n, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(n, n, 1, bias=False, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    conv.requires_grad_(False)
+    with torch.inference_mode():
+        return 2 * n**3 / _best(lambda: conv(x), device, repeats) / 1e9
+
+
+def _best(fn, device: torch.device, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats + 1):
         _sync(device)
         t = time.perf_counter()
-        a @ b
+        fn()
         _sync(device)
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return best
 
 
 def _sync(device: torch.device) -> None:
@@ -192,6 +211,8 @@ class Row:
     batch: int
     variant: str
     seconds: float
+    """Minimum over the runs (the least disturbed one)."""
+    median: float
     images_per_s: float
     peak_gib: float
     cuda_peak_gib: float | None
@@ -200,26 +221,37 @@ class Row:
     count: float
     count_delta: float | None = None
     speedup: float | None = None
+    load: str = ""
 
 
-def time_runs(fn, repeats: int, device: torch.device) -> tuple[float, float, float | None, object]:
-    """(median seconds, working memory GiB (peak RSS during the runs minus RSS before), peak CUDA GiB,
-    last result) of ``fn`` after one warm-up run."""
-    result = fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    gc.collect()
-    before = PeakRSS()._rss()
-    with PeakRSS() as rss:
-        for _ in range(repeats):
-            _sync(device)
-            t = time.perf_counter()
-            result = fn()
-            _sync(device)
-            times.append(time.perf_counter() - t)
-    cuda_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return statistics.median(times), (rss.peak - before) / 2**30, cuda_peak, result
+def time_alternating(fns: dict[str, object], repeats: int, device: torch.device) -> dict[str, tuple[list[float], float, float | None, object]]:
+    """Run every function once (warm-up), then ``repeats`` rounds of each in turn (A B C A B C ...), so
+    that a machine that gets busier slows every variant alike. Per name: (seconds of each run, working
+    memory GiB (the highest peak RSS of a run minus RSS before it), peak CUDA GiB, last result)."""
+    results = {name: fn() for name, fn in fns.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    memory = {name: 0.0 for name in fns}
+    cuda = {name: None for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            gc.collect()
+            before = PeakRSS()._rss()
+            with PeakRSS() as rss:
+                _sync(device)
+                t = time.perf_counter()
+                results[name] = fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - t)
+            memory[name] = max(memory[name], (rss.peak - before) / 2**30)
+            if device.type == "cuda":
+                cuda[name] = torch.cuda.max_memory_allocated(device) / 2**30
+    return {name: (times[name], memory[name], cuda[name], results[name]) for name in fns}
+
+
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
 
 
 def official_forward(official_model, model, image: np.ndarray, device: torch.device) -> float:
@@ -243,18 +275,20 @@ def official_forward(official_model, model, image: np.ndarray, device: torch.dev
 
 def run(args) -> list[Row]:
     from clip_ebc import CrowdCounter
-    from clip_ebc.fastpath import native_cpu_bfloat16
+    from clip_ebc.runtime import native_cpu_bfloat16
+
     device = torch.device(args.device)
-    peaks = {torch.float32: matmul_peak(device, torch.float32)}
     low_precisions = []
     if device.type == "cuda":
         low_precisions = [("fast-fp16", "float16"), ("fast-bf16", "bfloat16")]
     elif native_cpu_bfloat16():
         low_precisions = [("fast-bf16", "bfloat16")]
-    for _, p in low_precisions:
-        peaks[getattr(torch, p)] = matmul_peak(device, getattr(torch, p))
-    print("matmul peak: " + ", ".join(f"{str(k).replace('torch.', '')} {v:.0f} GFLOP/s" for k, v in peaks.items()),
-          flush=True)
+    dtypes = [torch.float32] + [getattr(torch, p) for _, p in low_precisions]
+    peaks = {dtype: onednn_peak(device, dtype) for dtype in dtypes}
+    mkl = {dtype: matmul_peak(device, dtype) for dtype in dtypes}
+    print("peak (oneDNN 1x1 convolution, 2048^3): " + ", ".join(f"{_name(k)} {v:.0f} GFLOP/s" for k, v in peaks.items())
+          + "; torch.matmul: " + ", ".join(f"{_name(k)} {v:.0f} GFLOP/s" for k, v in mkl.items())
+          + f"; load average {_load()}", flush=True)
 
     rows: list[Row] = []
     for key in args.models:
@@ -274,9 +308,9 @@ def run(args) -> list[Row]:
                 t = time.perf_counter()
                 CrowdCounter(tmp, device=device)
                 load_times.append(time.perf_counter() - t)
-            print(f"{key}: load from a warm cache {statistics.median(load_times):.2f} s (median of 3)", flush=True)
-            rows.append(Row(key, "load", 1, "CrowdCounter(folder)", statistics.median(load_times), 0, 0, None,
-                            None, None, float("nan")))
+            print(f"{key}: load from a warm cache {min(load_times):.2f} s (min of 3)", flush=True)
+            rows.append(Row(key, "load", 1, "CrowdCounter(folder)", min(load_times), statistics.median(load_times), 0,
+                            0, None, None, None, float("nan")))
 
         variants = [("eager-fp32", dict(optimize=False, precision="float32")),
                     ("fast-fp32", dict(optimize=True, precision="float32"))]
@@ -293,37 +327,43 @@ def run(args) -> list[Row]:
             for batch in args.batches:
                 if batch > 1 and height * width > 2_000_000:
                     continue  # batches of big photos only repeat what one photo shows
-                repeats = args.repeats if height * width <= 2_000_000 else 1
+                repeats = args.repeats if height * width <= 2_000_000 else args.large_repeats
                 images = [image] * batch
-                reference = None
+                fns = {}
                 for name, counter in counters.items():
-                    fn = lambda: [r.count for r in counter.count_many(images, batch_size=max(8, batch))]  # noqa: E731
+                    fns[name] = (lambda c: lambda: [r.count for r in c.count_many(images, batch_size=max(8, batch))][0])(counter)
                     if name.endswith("-compiled"):  # the first call compiles; report it apart
                         t = time.perf_counter()
-                        fn()
+                        fns[name]()
                         print(f"{key} {size} {name}: first call (compiling) {time.perf_counter() - t:.1f} s", flush=True)
-                    seconds, peak, cuda_peak, counts = time_runs(fn, repeats, device)
+                if official_model is not None and batch == 1 and height * width <= args.official_max_pixels:
+                    fns["official"] = lambda: official_forward(official_model, model, image, device)  # noqa: E731
+                load_before = _load()
+                timed = time_alternating(fns, repeats, device)
+                load = f"{load_before}-{_load()}"
+                reference = None
+                for name, (times, peak, cuda_peak, count) in timed.items():
+                    seconds = min(times)
+                    dtype = counters[name].dtype if name in counters else torch.float32
                     flops = flops_per_image * batch
-                    dtype = counter.dtype
-                    row = Row(key, size, batch, name, seconds, batch / seconds, peak, cuda_peak,
-                              flops / seconds / 1e9, flops / seconds / 1e9 / peaks[dtype], counts[0])
+                    measured = name != "official"
+                    row = Row(key, size, batch if measured else 1, name, seconds, statistics.median(times),
+                              (batch if measured else 1) / seconds, peak, cuda_peak,
+                              flops / seconds / 1e9 if measured else None,
+                              flops / seconds / 1e9 / peaks[dtype] if measured else None, count, load=load)
                     if reference is None:
                         reference = row
-                    row.speedup = reference.seconds / seconds
+                    row.speedup = reference.seconds / seconds * (row.batch / reference.batch)
                     row.count_delta = (row.count - reference.count) / reference.count
-                    rows.append(row)
-                    print(_format([row])[-1], flush=True)
-                if official_model is not None and batch == 1 and height * width <= args.official_max_pixels:
-                    fn = lambda: official_forward(official_model, model, image, device)  # noqa: E731
-                    seconds, peak, cuda_peak, count = time_runs(fn, repeats, device)
-                    row = Row(key, size, 1, "official", seconds, 1 / seconds, peak, cuda_peak, None, None, count)
-                    row.speedup = reference.seconds / seconds
-                    row.count_delta = (count - reference.count) / reference.count
                     rows.append(row)
                     print(_format([row])[-1], flush=True)
         counters = model = official_model = None  # free this model before building the next
         gc.collect()
     return rows
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _crops(counter, image) -> list[torch.Tensor]:
@@ -335,18 +375,20 @@ def _crops(counter, image) -> list[torch.Tensor]:
 # ------------------------------------------------------------------------------------ output
 
 
-HEADER = ["model", "input", "batch", "variant", "median s", "img/s", "speedup", "+RSS GiB", "GFLOP/s",
-          "% of peak", "count", "Δcount"]
+HEADER = ["model", "input", "batch", "variant", "min s", "median s", "img/s", "speedup", "+RSS GiB", "GFLOP/s",
+          "% of peak", "count", "Δcount", "load"]
 
 
 def _format(rows: list[Row], markdown: bool = False) -> list[str]:
     table = []
     for r in rows:
         table.append([
-            r.model, r.size, str(r.batch), r.variant, f"{r.seconds:.3f}", f"{r.images_per_s:.3f}" if r.images_per_s else "",
+            r.model, r.size, str(r.batch), r.variant, f"{r.seconds:.3f}", f"{r.median:.3f}",
+            f"{r.images_per_s:.3f}" if r.images_per_s else "",
             f"{r.speedup:.2f}x" if r.speedup else "", f"{r.peak_gib:.2f}" if r.peak_gib else "",
             f"{r.gflops:.0f}" if r.gflops else "", f"{100 * r.peak_fraction:.0f}%" if r.peak_fraction else "",
-            f"{r.count:.1f}" if r.count == r.count else "", f"{100 * r.count_delta:+.3f}%" if r.count_delta is not None else "",
+            f"{r.count:.1f}" if r.count == r.count else "", f"{100 * r.count_delta:+.4f}%" if r.count_delta is not None else "",
+            r.load,
         ])
     if markdown:
         lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
@@ -376,7 +418,7 @@ def memory(args) -> None:
     """Peak resident memory of a fresh process that loads the model and counts one image."""
     import subprocess
 
-    from clip_ebc.fastpath import native_cpu_bfloat16
+    from clip_ebc.runtime import native_cpu_bfloat16
 
     precisions = ["float32"] + (["bfloat16"] if args.device == "cpu" and native_cpu_bfloat16() else [])
     if args.device.startswith("cuda"):
@@ -402,7 +444,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="HxW, e.g. 768x1024")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (1 for inputs over 2 MP)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per case, variants alternating")
+    parser.add_argument("--large-repeats", type=int, default=1, help="rounds for inputs over 2 MP")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--official", metavar="CHECKOUT", help="path to a checkout of Yiming-M/CLIP-EBC to time too")

@@ -235,7 +235,7 @@ class CrowdCounter:
         resize: Literal["dataset", "native"] | tuple[int, int | None] = "dataset",
         batch_size: int = 8,
         tile_size: int = 1024,
-        tile_margin: int = 64,
+        tile_margin: int = 32,
         window: int | None = None,
         stride: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
