@@ -33,7 +33,6 @@ from media import (
 )
 from streams import StreamServer
 
-from clip_ebc import video as video_module
 from clip_ebc.errors import ConfigError, ImageError, MissingExtraError, VideoError
 from clip_ebc.remote import fetch_image, load_url_image, probe_url, redact, sniff
 from clip_ebc.video import (
@@ -41,12 +40,13 @@ from clip_ebc.video import (
     Sampling,
     VideoReader,
     VideoWriter,
-    _Channel,
     is_camera,
     is_stream_url,
     is_video_file,
     parse_every,
 )
+from clip_ebc.video import decoding
+from clip_ebc.video.frames import _Channel
 
 VFR_TIMES = [0.0, 0.1, 0.5, 0.55, 0.6, 1.0, 1.7, 2.05, 2.5, 3.0]
 
@@ -190,8 +190,8 @@ def test_start_past_the_end(media):
 
 def test_unsampled_frames_are_not_converted(media, monkeypatch):
     calls = []
-    real = video_module._to_rgb
-    monkeypatch.setattr(video_module, "_to_rgb", lambda frame: calls.append(frame.pts) or real(frame))
+    real = decoding._to_rgb
+    monkeypatch.setattr(decoding, "_to_rgb", lambda frame: calls.append(frame.pts) or real(frame))
     _, frames = read_all(media["mp4"], "1s")
     assert len(frames) == 3 and len(calls) == 3
 
