@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,16 @@ from safetensors.torch import load_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = FIXTURES / "official"
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+INTERRUPTIBLE = {"preexec_fn": _default_sigint}
+"""``subprocess.Popen`` arguments for a child that must see Ctrl-C. A shell without job control starts
+background commands (``pytest &``, ``nohup``) with SIGINT ignored, children inherit that, and Python then
+never raises KeyboardInterrupt; the child gets the default disposition back before it starts."""
 
 
 @dataclass

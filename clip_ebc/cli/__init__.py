@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -22,14 +21,7 @@ import click
 from .. import __version__
 from ..errors import CLIPEBCError, ZoneError
 from .run import shown
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived: unwinds like Ctrl-C (outputs are finished on the way), then exit 143."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated
+from .signals import Terminated, stop_signals_raise
 
 
 def _check_device(ctx, param, value: str) -> str:
@@ -159,14 +151,14 @@ def main(inputs, model, device, zones_file, heatmap, plot, side_by_side, opacity
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
     if not debug:  # one line per warning, without the source line of the library that raised it
         warnings.showwarning = lambda message, *args, **kwargs: err(f"warning: {shown(message)}")
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        code = _main(echo, err, inputs=inputs, model=model, device=device, zones_file=zones_file, heatmap=heatmap,
-                     plot=plot, side_by_side=side_by_side, opacity=opacity, as_json=as_json, csv_path=csv_path,
-                     every=every, start=start, duration=duration, reconnect=reconnect, timeout=timeout,
-                     batch_size=batch_size, recursive=recursive, native_size=native_size, precision=precision,
-                     compile_model=compile_model, ray_address=ray_address, workers=workers, parquet_dir=parquet_dir,
-                     list_models=list_models, download=download)
+        with stop_signals_raise():
+            code = _main(echo, err, inputs=inputs, model=model, device=device, zones_file=zones_file, heatmap=heatmap,
+                         plot=plot, side_by_side=side_by_side, opacity=opacity, as_json=as_json, csv_path=csv_path,
+                         every=every, start=start, duration=duration, reconnect=reconnect, timeout=timeout,
+                         batch_size=batch_size, recursive=recursive, native_size=native_size, precision=precision,
+                         compile_model=compile_model, ray_address=ray_address, workers=workers, parquet_dir=parquet_dir,
+                         list_models=list_models, download=download)
     except CLIPEBCError as e:
         if debug:
             raise
@@ -190,8 +182,6 @@ def main(inputs, model, device, zones_file, heatmap, plot, side_by_side, opacity
             raise
         err(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)")
         code = 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     sys.exit(code)
 
 

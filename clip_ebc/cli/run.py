@@ -9,11 +9,8 @@ plots are finished on any stop.
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +20,7 @@ import click
 
 from ..errors import CLIPEBCError, MissingExtraError
 from .inputs import Input, Problem
+from .signals import deferred
 
 
 def shown(text: object) -> str:
@@ -63,7 +61,7 @@ class Report:
     def row(self, row: dict[str, Any], text: str | None) -> None:
         """One counted (or failed) image or frame: its error on stderr, then the row everywhere. Ctrl-C and
         SIGTERM wait until the row is in every output, so an interrupted run's outputs agree."""
-        with _signals_deferred():
+        with deferred():
             if "error" in row:
                 self.failed += 1
                 self.err(f"error: {shown(row['error'])}")
@@ -77,19 +75,6 @@ class Report:
     def problem(self, name: str, message: str) -> None:
         self.row({"path": name, "count": None, "error": message}, None)
 
-
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back (they are delivered, and raise, right after the block)."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _EchoStream:
@@ -250,6 +235,11 @@ def _count_video(counter, item: Input, settings: Settings, report: Report) -> No
         report.problem(item.name, str(e))
     finally:
         counts.close()
+        if counts.dropped:
+            plural = "s were" if counts.dropped != 1 else " was"
+            report.err(f"warning: {shown(counts.reader.name)}: {counts.dropped} sampled frame{plural} dropped because "
+                       "counting fell behind the live source; sample less often (--every) or count on a faster "
+                       "device.")
         if writer is not None:
             writer.close()
         plot = settings.plots.get(item)
