@@ -540,6 +540,11 @@ class VideoCounts:
         once the iteration is over; None when it ran to the end."""
         return self.reader.stopped
 
+    @property
+    def dropped(self) -> int:
+        """Sampled frames of a live source dropped, unseen, because counting fell behind it."""
+        return self.reader.dropped
+
     def __iter__(self) -> Iterator[CountResult]:
         return self
 

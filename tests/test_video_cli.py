@@ -22,7 +22,7 @@ av = pytest.importorskip("av")
 
 from clip_ebc import CrowdCounter, Zone  # noqa: E402
 from clip_ebc.cli import main  # noqa: E402
-from conftest import make_scene  # noqa: E402
+from conftest import INTERRUPTIBLE, make_scene  # noqa: E402
 from media import make_audio_only, make_unknown_codec_video, make_video, make_zero_frame_video, truncate  # noqa: E402
 from streams import StreamServer  # noqa: E402
 
@@ -149,12 +149,36 @@ def test_a_stalled_stream_times_out(tiny_dirs, stream, tmp_path):
     assert len([r for r in table if r["count"]]) == len(counted)  # nothing counted was lost
 
 
+def test_frames_dropped_behind_a_live_stream_are_reported(tiny_dirs, stream, monkeypatch):
+    # counting at 4 frames/s behind a 10 frames/s stream sampled at every frame: the reader drops the
+    # oldest waiting frames, and every sampled frame is either a row or counted as dropped
+    real = CrowdCounter.count_many
+
+    def slow(self, *args, **kwargs):
+        for result in real(self, *args, **kwargs):
+            time.sleep(0.25)
+            yield result
+
+    monkeypatch.setattr(CrowdCounter, "count_many", slow)
+    code, stdout, stderr = invoke(stream.live_url, "--every", "0.1s", "--duration", "3", "--batch-size", "1",
+                                  "--json", "-m", tiny_dirs["rn50"])
+    assert code == 0, stderr
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    (warning,) = [line for line in stderr.splitlines() if "dropped" in line]
+    dropped = int(warning.split(": ")[2].split()[0])
+    assert warning.startswith(f"warning: {stream.live_url}: {dropped} sampled frames were dropped because counting "
+                              "fell behind the live source")
+    assert dropped > 0 and len(rows) + dropped == 30
+    times = [r["time"] for r in rows]
+    assert times[0] == 0.0 and times == sorted(times) and max(b - a for a, b in zip(times, times[1:])) > 0.15
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_stream_keeps_its_rows_and_a_playable_video(tiny_dirs, stream, tmp_path, sig, code):
     out_csv, out_mp4 = tmp_path / "live.csv", tmp_path / "live.mp4"
     proc = subprocess.Popen([sys.executable, "-m", "clip_ebc.cli", stream.live_url, "--every", "0.3s", "--json",
                              "--csv", str(out_csv), "--heatmap", str(out_mp4), "-m", str(tiny_dirs["rn50"])],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **INTERRUPTIBLE)
     rows = []
     deadline = time.monotonic() + 60
     while len(rows) < 3 and time.monotonic() < deadline:
