@@ -161,15 +161,18 @@ def _torch_release() -> tuple[int, int]:
 
 def prepare_for_inference(model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32, *,
                           onednn: bool = True) -> nn.Module:
-    """Eval mode without gradients, BatchNorm folded, on ``device``; on CPU and CUDA the convolution
-    weights are also put in channels-last memory format (other tensors are unaffected). With a lower
+    """Eval mode without gradients, BatchNorm folded, on ``device``; the convolution weights are put in
+    channels-last memory format on CUDA and, for lower precisions, on CPUs (other tensors are
+    unaffected). With a lower
     ``dtype`` the weights autocast would cast on every call are held in it (:func:`hold_weights_in`).
     On CPUs, transformer blocks compute through oneDNN (:func:`speed_up_transformer_blocks`) unless
     ``onednn=False`` (``torch.compile`` makes its own kernels and cannot trace those operators)."""
     model = model.eval().requires_grad_(False)
     fold_batchnorm(model)
     model = model.to(device)
-    if device.type in ("cpu", "cuda"):
+    # float32 on CPUs stays NCHW: there oneDNN's blocked kernels ran RN50 2-12 % faster than channels-last
+    # (448x448 to 1088x1088, benchmarks/RESULTS.md); bfloat16 and GPUs gain from channels-last.
+    if device.type == "cuda" or (device.type == "cpu" and dtype != torch.float32):
         model = model.to(memory_format=torch.channels_last)
     if dtype != torch.float32:
         hold_weights_in(model, dtype)

@@ -39,9 +39,15 @@ def test_folded_batchnorm_equals_unfolded(which, expected_folds, converted_rn50,
             assert folded_error <= own_error + 1e-5, (folded_error, own_error)
 
 
-def test_prepared_model_is_channels_last_and_cannot_be_saved(converted_rn50, tmp_path):
+def test_prepared_model_layout_and_it_cannot_be_saved(converted_rn50, tmp_path):
+    # channels-last for lower precision; float32 on CPUs stays NCHW (oneDNN's blocked path is faster there)
+    low = prepare_for_inference(copy.deepcopy(converted_rn50), torch.device("cpu"), torch.bfloat16)
+    weight = low.decoder[0].conv2.weight
+    assert weight.shape[-1] == 3 and weight.is_contiguous(memory_format=torch.channels_last)
+    assert not weight.is_contiguous()
     model = prepare_for_inference(copy.deepcopy(converted_rn50), torch.device("cpu"))
-    assert model.decoder[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.decoder[0].conv2.weight.is_contiguous()
+    assert not model.decoder[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(CheckpointError, match="prepared for inference: BatchNorm folded.* cannot be saved"):
         model.save_pretrained(tmp_path)
     train_mode = copy.deepcopy(converted_rn50).train()
@@ -74,6 +80,22 @@ def test_bfloat16_counts_are_close_to_float32(converted_rn50, converted_vit):
         low = CrowdCounter(model, device="cpu", precision="bfloat16")
         assert low.dtype == torch.bfloat16
         assert low.count(image).count == pytest.approx(reference, rel=0.02)  # tiny random models: 2 %
+
+
+def test_weights_held_in_bfloat16_compute_what_autocast_computes(converted_rn50, converted_vit):
+    """hold_weights_in replaces autocast's per-call casts; the numbers must not change at all."""
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    for model in (converted_rn50, converted_vit):
+        cast = prepare_for_inference(copy.deepcopy(model), torch.device("cpu"), torch.float32, onednn=False)
+        cast = cast.to(memory_format=torch.channels_last)  # the layout bfloat16 gets, so the same kernels run
+        held = prepare_for_inference(copy.deepcopy(model), torch.device("cpu"), torch.bfloat16, onednn=False)
+        assert held.image_encoder.conv1.weight.dtype == torch.bfloat16
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = cast(x).density
+        with torch.no_grad():
+            got = held(x).density
+        assert got.dtype == expected.dtype == torch.float32
+        assert torch.equal(got, expected)
 
 
 def test_precision_choices(monkeypatch):
