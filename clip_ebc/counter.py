@@ -220,8 +220,9 @@ class CrowdCounter:
     ``"float32"`` (exact), ``"bfloat16"`` (CPUs with native bfloat16, GPUs) or ``"float16"`` (GPUs); lower
     precision holds the network's weights in that dtype (or runs it under autocast with ``optimize=False``)
     while the bin probabilities, expectation and count stay float32.
-    optimize: fold BatchNorm into the convolutions and use the channels-last layout (exact in
-    float32; ``False`` runs the model as loaded).
+    optimize: fold BatchNorm into the convolutions, use the channels-last layout on GPUs and for lower
+    precisions on CPUs, and run ViT blocks through oneDNN on CPUs (exact in float32; ``False`` runs the
+    model as loaded).
     compile: run the model through ``torch.compile`` (off by default: the first batch compiles for
     tens of seconds, which only pays over many images of the same size).
     cache_dir, offline, progress: see :func:`clip_ebc.loading.resolve_model`.

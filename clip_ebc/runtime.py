@@ -170,7 +170,7 @@ def prepare_for_inference(model: nn.Module, device: torch.device, dtype: torch.d
     model = model.eval().requires_grad_(False)
     fold_batchnorm(model)
     model = model.to(device)
-    # float32 on CPUs stays NCHW: there oneDNN's blocked kernels ran RN50 2-12 % faster than channels-last
+    # float32 on CPUs stays NCHW: there oneDNN's blocked kernels ran RN50 2-13 % faster than channels-last
     # (448x448 to 1088x1088, benchmarks/RESULTS.md); bfloat16 and GPUs gain from channels-last.
     if device.type == "cuda" or (device.type == "cpu" and dtype != torch.float32):
         model = model.to(memory_format=torch.channels_last)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +17,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = FIXTURES / "official"
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-INTERRUPTIBLE = {"preexec_fn": _default_sigint}
-"""``subprocess.Popen`` arguments for a child that must see Ctrl-C. A shell without job control starts
-background commands (``pytest &``, ``nohup``) with SIGINT ignored, children inherit that, and Python then
-never raises KeyboardInterrupt; the child gets the default disposition back before it starts."""
+def python_with_sigint(module: str) -> list[str]:
+    """The command line that runs ``python -m module`` with Python's Ctrl-C handler. A shell without job
+    control starts background commands (``pytest &``, ``nohup``) with SIGINT ignored, children inherit
+    that, and Python then never raises KeyboardInterrupt; the child puts the handler back itself."""
+    code = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"sys.argv[0] = {module!r}; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", code]
 
 
 @dataclass

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from clip_ebc.cli.signals import Terminated, deferred, stop_signals_raise
+from clip_ebc.cli.signals import Terminated, deferred, reclaim, stop_signals_raise
 
 
 class _Sender(threading.Thread):
@@ -72,3 +72,56 @@ def test_handlers_are_restored_and_an_ignored_sigint_stays_ignored():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_while_the_handlers_are_put_back_is_raised_and_leaves_nothing_behind(python_sigint, monkeypatch):
+    real = signal.signal
+
+    def put_back_then_terminate(signum, handler):
+        previous = real(signum, handler)
+        if signum == signal.SIGINT and handler is signal.default_int_handler:  # SIGINT restored, SIGTERM not yet
+            os.kill(os.getpid(), signal.SIGTERM)
+        return previous
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated), stop_signals_raise():
+        monkeypatch.setattr(signal, "signal", put_back_then_terminate)
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_error_in_a_row_is_not_hidden_by_a_pending_signal(python_sigint):
+    # `crowdcount ... | head` and Ctrl-C at once: the closed pipe decides (a quiet exit), not the signal
+    sender = _Sender(signal.SIGINT)
+    with pytest.raises(BrokenPipeError), stop_signals_raise():
+        with deferred():
+            sender.send()
+            time.sleep(0.2)
+            raise BrokenPipeError
+    # ... and a signal kept pending while an error passes is raised at the end of the next row
+    sender = _Sender(signal.SIGTERM)
+    steps = []
+    with pytest.raises(Terminated), stop_signals_raise():
+        try:
+            with deferred():
+                sender.send()
+                time.sleep(0.2)
+                raise OSError("disk full")
+        except OSError:
+            steps.append("handled")
+        with deferred():
+            steps.append("next row")
+        steps.append("after it")
+    assert steps == ["handled", "next row"]
+
+
+def test_handlers_a_library_replaced_are_reclaimed():
+    # ray.init installs its own SIGTERM handler (it exits with code 15); the command takes its own back
+    with stop_signals_raise():
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        reclaim()
+        sender = _Sender(signal.SIGTERM)
+        with pytest.raises(Terminated):
+            sender.send()
+            time.sleep(2)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from clip_ebc import CLIPEBC, CheckpointError, CrowdCounter, DownloadError, NumericalError
 from clip_ebc.archive import extract_checkpoint
 from clip_ebc.cli import main
-from conftest import INTERRUPTIBLE, make_scene
+from conftest import make_scene, python_with_sigint
 from servers import HubServer
 from streams import StreamServer
 from test_hub import COMMIT_NEW, RELEASE_PATH, entry, make_tgz, release_source, sha, write_manifest
@@ -163,8 +163,8 @@ def test_interrupted_download(env, official_rn50, official_pth, tmp_path, sig, c
     with StreamServer() as server:
         url = server.add("/slow.tgz", make_tgz({"r/best_mae_0.pth": official_pth}), drip=0.0005)
         write_manifest(env, {"rn50.slow": entry(official_rn50, [{"type": "release", "url": url}])})
-        proc = subprocess.Popen([sys.executable, "-m", "clip_ebc.cli", "--download", "rn50.slow"],
-                                env={**os.environ, "TMPDIR": str(temp)}, stderr=subprocess.PIPE, text=True, **INTERRUPTIBLE)
+        proc = subprocess.Popen([*python_with_sigint("clip_ebc.cli"), "--download", "rn50.slow"],
+                                env={**os.environ, "TMPDIR": str(temp)}, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while not any(temp.rglob("slow.tgz")) and time.monotonic() < deadline:
             time.sleep(0.05)  # the download has started once its file exists

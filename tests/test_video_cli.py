@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ av = pytest.importorskip("av")
 
 from clip_ebc import CrowdCounter, Zone  # noqa: E402
 from clip_ebc.cli import main  # noqa: E402
-from conftest import INTERRUPTIBLE, make_scene  # noqa: E402
+from conftest import make_scene, python_with_sigint  # noqa: E402
 from media import make_audio_only, make_unknown_codec_video, make_video, make_zero_frame_video, truncate  # noqa: E402
 from streams import StreamServer  # noqa: E402
 
@@ -173,12 +174,37 @@ def test_frames_dropped_behind_a_live_stream_are_reported(tiny_dirs, stream, mon
     assert times[0] == 0.0 and times == sorted(times) and max(b - a for a, b in zip(times, times[1:])) > 0.15
 
 
+def test_a_signal_while_a_video_is_finished_waits_for_its_outputs(tiny_dirs, clip, tmp_path, monkeypatch):
+    # SIGTERM arrives while the decoder is being stopped: the heatmap video, the plot, the CSV and the
+    # summary line are all finished first, then the command ends with 143
+    from clip_ebc.counter import VideoCounts
+
+    real = VideoCounts.close
+
+    def close_under_sigterm(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # the handler runs in here
+        real(self)
+
+    monkeypatch.setattr(VideoCounts, "close", close_under_sigterm)
+    out_csv, out_mp4, out_png = tmp_path / "out.csv", tmp_path / "out.mp4", tmp_path / "out.png"
+    code, stdout, stderr = invoke(clip, "--every", "1s", "--csv", out_csv, "--heatmap", out_mp4, "--plot", out_png,
+                                  "-m", tiny_dirs["rn50"])
+    assert code == 143, stderr
+    lines = stderr.splitlines()
+    assert lines[-1] == "terminated" and "4 frames counted" in lines[-2]
+    assert len(stdout.splitlines()) == 4 and len(decoded_frames(out_mp4)) == 4
+    with out_csv.open() as f:
+        assert len(list(csv.DictReader(f))) == 4
+    assert Image.open(out_png).size[0] > 100
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_stream_keeps_its_rows_and_a_playable_video(tiny_dirs, stream, tmp_path, sig, code):
     out_csv, out_mp4 = tmp_path / "live.csv", tmp_path / "live.mp4"
-    proc = subprocess.Popen([sys.executable, "-m", "clip_ebc.cli", stream.live_url, "--every", "0.3s", "--json",
+    proc = subprocess.Popen([*python_with_sigint("clip_ebc.cli"), stream.live_url, "--every", "0.3s", "--json",
                              "--csv", str(out_csv), "--heatmap", str(out_mp4), "-m", str(tiny_dirs["rn50"])],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **INTERRUPTIBLE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rows = []
     deadline = time.monotonic() + 60
     while len(rows) < 3 and time.monotonic() < deadline:

@@ -21,7 +21,7 @@ import click
 from .. import __version__
 from ..errors import CLIPEBCError, ZoneError
 from .run import shown
-from .signals import Terminated, stop_signals_raise
+from .signals import Terminated, deferred, stop_signals_raise
 
 
 def _check_device(ctx, param, value: str) -> str:
@@ -239,8 +239,9 @@ def _main(echo, err, *, inputs, model, device, zones_file, heatmap, plot, side_b
     try:
         failed = run(expanded, make_counter, settings, echo, err)
     finally:
-        for sink in settings.sinks:
-            sink.close()
+        with deferred():  # a signal now is raised once the files are complete
+            for sink in settings.sinks:
+                sink.close()
     return 1 if failed else 0
 
 

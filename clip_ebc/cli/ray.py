@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from .run import Report, Settings
+from .signals import deferred, reclaim
 
 
 def run_on_ray(inputs: tuple[str, ...], address: str, *, model: str | None, zones: Any, workers: int,
@@ -41,13 +42,20 @@ def run_on_ray(inputs: tuple[str, ...], address: str, *, model: str | None, zone
             zones_text = " (" + ", ".join(f"{k} {v:.1f}" for k, v in row["zones"].items()) + ")"
         report.row(row, f"{row['path']}: {row['count']:.1f} people{zones_text}" if row.get("count") is not None else None)
 
+    started = on_ray.connect(address)
+    reclaim()  # ray.init put its own SIGTERM handler in place (exit code 15, rows not held back)
     try:
-        on_ray.run(list(inputs), address, model, on_row=on_row, parquet=parquet_dir, zones=zones,
+        on_ray.run(list(inputs), None, model, on_row=on_row, parquet=parquet_dir, zones=zones,
                    num_workers=workers, batch_size=batch_size, precision=precision,
                    resize="native" if native else "dataset", recursive=recursive, heatmaps=heatmap)
     finally:
-        for sink in settings.sinks:
-            sink.close()
+        with deferred():
+            for sink in settings.sinks:
+                sink.close()
+            if started:
+                import ray
+
+                ray.shutdown()
     if not as_json:
         err(f"{counted} of {counted + report.failed} inputs counted, {people:.1f} people in total.")
     return 1 if report.failed else 0

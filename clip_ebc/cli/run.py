@@ -234,22 +234,28 @@ def _count_video(counter, item: Input, settings: Settings, report: Report) -> No
     except CLIPEBCError as e:  # a stream that could not be reopened, a zone that does not fit, ...
         report.problem(item.name, str(e))
     finally:
-        counts.close()
-        if counts.dropped:
-            plural = "s were" if counts.dropped != 1 else " was"
-            report.err(f"warning: {shown(counts.reader.name)}: {counts.dropped} sampled frame{plural} dropped because "
-                       "counting fell behind the live source; sample less often (--every) or count on a faster "
-                       "device.")
-        if writer is not None:
-            writer.close()
-        plot = settings.plots.get(item)
-        if plot is not None and len(timeline):
-            try:
-                timeline.save_plot(plot)
-            except (CLIPEBCError, OSError) as e:
-                report.err(f"error: {shown(item.name)}: plot not written to {plot}: {getattr(e, 'strerror', None) or e}")
-        if not settings.as_json or len(timeline):
-            report.err(timeline.summary().text(shown(counts.reader.name)))
+        with deferred():  # a signal now is raised once the video, the plot and the summary are done
+            _finish_video(counts, writer, timeline, item, settings, report)
+
+
+def _finish_video(counts, writer, timeline, item: Input, settings: Settings, report: Report) -> None:
+    """Stop decoding; finish the heatmap video and the plot; the dropped-frames warning and the summary."""
+    counts.close()
+    if counts.dropped:
+        plural = "s were" if counts.dropped != 1 else " was"
+        report.err(f"warning: {shown(counts.reader.name)}: {counts.dropped} sampled frame{plural} dropped because "
+                   "counting fell behind the live source; sample less often (--every) or count on a faster "
+                   "device.")
+    if writer is not None:
+        writer.close()
+    plot = settings.plots.get(item)
+    if plot is not None and len(timeline):
+        try:
+            timeline.save_plot(plot)
+        except (CLIPEBCError, OSError) as e:
+            report.err(f"error: {shown(item.name)}: plot not written to {plot}: {getattr(e, 'strerror', None) or e}")
+    if not settings.as_json or len(timeline):
+        report.err(timeline.summary().text(shown(counts.reader.name)))
 
 
 def _sampled_fps(reader) -> Fraction:
