@@ -163,8 +163,8 @@ def prepare_for_inference(model: nn.Module, device: torch.device, dtype: torch.d
                           onednn: bool = True) -> nn.Module:
     """Eval mode without gradients, BatchNorm folded, on ``device``; the convolution weights are put in
     channels-last memory format on CUDA and, for lower precisions, on CPUs (other tensors are
-    unaffected). With a lower
-    ``dtype`` the weights autocast would cast on every call are held in it (:func:`hold_weights_in`).
+    unaffected). With a lower ``dtype`` the weights autocast would cast on every call are held in it
+    (:func:`hold_weights_in`).
     On CPUs, transformer blocks compute through oneDNN (:func:`speed_up_transformer_blocks`) unless
     ``onednn=False`` (``torch.compile`` makes its own kernels and cannot trace those operators)."""
     model = model.eval().requires_grad_(False)

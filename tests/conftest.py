@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path

@@ -21,7 +21,7 @@ import click
 from .. import __version__
 from ..errors import CLIPEBCError, ZoneError
 from .run import shown
-from .signals import Terminated, deferred, stop_signals_raise
+from .signals import Terminated, stop_signals_raise
 
 
 def _check_device(ctx, param, value: str) -> str:
@@ -223,12 +223,7 @@ def _main(echo, err, *, inputs, model, device, zones_file, heatmap, plot, side_b
     if zones:
         _check_zones_fit(countable, zones)
     if csv_path is not None:
-        from ..sinks import CsvSink
-
-        try:
-            settings.sinks.append(CsvSink(csv_path, zones or ()))
-        except OSError as e:
-            raise click.UsageError(f"cannot write the CSV file {csv_path}: {e.strerror or e}.") from e
+        settings.add_csv(csv_path)
 
     def make_counter():
         from ..counter import CrowdCounter
@@ -239,9 +234,7 @@ def _main(echo, err, *, inputs, model, device, zones_file, heatmap, plot, side_b
     try:
         failed = run(expanded, make_counter, settings, echo, err)
     finally:
-        with deferred():  # a signal now is raised once the files are complete
-            for sink in settings.sinks:
-                sink.close()
+        settings.close_sinks()
     return 1 if failed else 0
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .run import Report, Settings
-from .signals import deferred, reclaim
+from .signals import reclaim
 
 
 def run_on_ray(inputs: tuple[str, ...], address: str, *, model: str | None, zones: Any, workers: int,
@@ -18,14 +18,10 @@ def run_on_ray(inputs: tuple[str, ...], address: str, *, model: str | None, zone
     """Count ``inputs`` (paths, folders, globs, URIs of images) on the Ray cluster at ``address``; returns
     the exit code (1 when any input failed)."""
     from .. import ray as on_ray
-    from ..sinks import CsvSink
 
     settings = Settings(batch_size=batch_size, as_json=as_json, zones=zones)
     if csv_path is not None:
-        try:
-            settings.sinks.append(CsvSink(csv_path, zones or ()))
-        except OSError as e:
-            raise click.UsageError(f"cannot write the CSV file {csv_path}: {e.strerror or e}.") from e
+        settings.add_csv(csv_path)
     if heatmap is not None and Path(heatmap.split("?", 1)[0]).suffix:
         raise click.UsageError(f"--heatmap {heatmap}: with --ray, heatmaps go into a directory (or a URI).")
     report = Report(settings, echo, err)
@@ -49,9 +45,9 @@ def run_on_ray(inputs: tuple[str, ...], address: str, *, model: str | None, zone
                    num_workers=workers, batch_size=batch_size, precision=precision,
                    resize="native" if native else "dataset", recursive=recursive, heatmaps=heatmap)
     finally:
-        with deferred():
-            for sink in settings.sinks:
-                sink.close()
+        try:
+            settings.close_sinks()
+        finally:
             if started:
                 import ray
 

@@ -46,6 +46,21 @@ class Settings:
     reconnect: int = 5
     timeout: float = 10.0
 
+    def add_csv(self, path: Path) -> None:
+        """Write the rows to the CSV file ``path`` too (a usage error when it cannot be written)."""
+        from ..sinks import CsvSink
+
+        try:
+            self.sinks.append(CsvSink(path, self.zones or ()))
+        except OSError as e:
+            raise click.UsageError(f"cannot write the CSV file {path}: {e.strerror or e}.") from e
+
+    def close_sinks(self) -> None:
+        """Finish the output files; a Ctrl-C or SIGTERM meanwhile is raised once they are complete."""
+        with deferred():
+            for sink in self.sinks:
+                sink.close()
+
 
 class Report:
     """Where results and problems are written: stdout (text or JSON lines), the sinks, stderr."""
@@ -74,7 +89,6 @@ class Report:
 
     def problem(self, name: str, message: str) -> None:
         self.row({"path": name, "count": None, "error": message}, None)
-
 
 
 class _EchoStream:

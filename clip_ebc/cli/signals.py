@@ -79,10 +79,11 @@ def stop_signals_raise() -> Iterator[None]:
                 _installed.discard(signum)
         finally:
             _depth -= 1
-        if finished and not _depth:
-            _raise_pending()
-        elif not _depth:
-            _pending = None  # an exception is already ending the command
+        if not _depth:
+            if finished:
+                _raise_pending()
+            else:
+                _pending = None  # an exception is already ending the command
 
 
 def reclaim() -> None:
