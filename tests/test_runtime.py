@@ -55,6 +55,41 @@ def test_prepared_model_layout_and_it_cannot_be_saved(converted_rn50, tmp_path):
         fold_batchnorm(train_mode)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_convolutions_over_4_kib_pixels_stay_nchw_in_lower_precision(dtype):
+    """On CPUs, bfloat16 models are channels-last except convolutions larger than 1x1 whose channels-last
+    pixel is a multiple of 4 KiB (2048 bfloat16 channels): those run NCHW, computing the same numbers."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 2048, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(2048, 16, 3, padding=1),  # NCHW in bfloat16
+        torch.nn.Conv2d(16, 1024, 1), torch.nn.Conv2d(1024, 8, 3, padding=1),  # 2 KiB pixels: channels-last
+        torch.nn.Conv2d(8, 2048, 1),  # 1x1: channels-last
+    ).eval()
+    x = torch.randn(2, 3, 12, 20, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model.double()(x.double())
+    model.float()
+    prepared = prepare_for_inference(copy.deepcopy(model), torch.device("cpu"), dtype)
+    layouts = [prepared[i].weight.is_contiguous(memory_format=torch.channels_last) for i in (2, 4)]
+    seen = []
+    prepared[2].register_forward_hook(lambda m, args, out: seen.append((args[0].is_contiguous(), out)))
+    with torch.no_grad():
+        got = prepared(x.to(dtype))  # NCHW, as CrowdCounter passes images
+    if dtype == torch.float32:  # float32 on CPUs is NCHW throughout
+        assert layouts == [False, False] and seen[0][0]
+        assert torch.allclose(got.double(), reference, rtol=1e-5, atol=1e-5)
+        return
+    assert layouts == [False, True]
+    assert seen[0][0] and seen[0][1].is_contiguous(memory_format=torch.channels_last)  # NCHW in, channels-last out
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    error = (got.double() - reference).abs().max().item()
+    assert error <= 0.01 * reference.abs().max().item()  # bfloat16 rounding: measured 0.5 %
+    all_channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last).to(dtype)
+    with torch.no_grad():
+        same = all_channels_last(x.to(dtype))
+    assert (got.double() - same.double()).abs().max().item() <= 0.01 * reference.abs().max().item()
+
+
 def test_optimized_counter_matches_the_plain_one(converted_rn50, converted_vit):
     image, _ = make_scene(300, 400, 40)
     for model in (converted_rn50, converted_vit):
