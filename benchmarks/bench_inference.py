@@ -409,13 +409,14 @@ def _format(rows: list[Row], markdown: bool = False) -> list[str]:
     return ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [HEADER] + table]
 
 
-def _child(checkpoint: str, size: str, precision: str, device: str) -> None:
+def _child(checkpoint: str, size: str, precision: str, device: str, tile_size: int | None) -> None:
     """One fresh process: import, load the checkpoint, count one image; print times and peak RSS."""
     start = time.perf_counter()
     from clip_ebc import CrowdCounter
 
     imported = time.perf_counter()
-    counter = CrowdCounter(checkpoint, device=device, resize="native", precision=precision)
+    tiles = {} if tile_size is None else {"tile_size": tile_size}
+    counter = CrowdCounter(checkpoint, device=device, resize="native", precision=precision, **tiles)
     loaded = time.perf_counter()
     height, width = (int(v) for v in size.split("x"))
     image = scene(height, width)
@@ -435,19 +436,23 @@ def memory(args) -> None:
     precisions = ["float32"] + (["bfloat16"] if args.device == "cpu" and native_cpu_bfloat16() else [])
     if args.device.startswith("cuda"):
         precisions = ["float32", "float16"]
-    lines = ["| model | input | precision | import s | load s | count s | peak RSS GiB | count |", "|---|---|---|---|---|---|---|---|"]
+    tile_sizes = args.tile_sizes or [None]
+    lines = ["| model | input | precision | tile size | import s | load s | count s | peak RSS GiB | count |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key in args.models:
         with tempfile.TemporaryDirectory() as tmp:
             random_model(MODELS[key], args.seed).save_pretrained(tmp)
             for size in args.sizes:
                 for precision in precisions:
-                    cmd = [sys.executable, __file__, "--child", tmp, size, precision, "--device", args.device]
-                    if args.threads:
-                        cmd += ["--threads", str(args.threads)]
-                    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-                    imp, load, secs, peak, count = out.split("RESULT ")[1].split()
-                    lines.append(f"| {key} | {size} | {precision} | {imp} | {load} | {secs} | {peak} | {float(count):.1f} |")
-                    print(lines[-1], flush=True)
+                    for tile_size in tile_sizes:  # tile sizes alternate within each case
+                        cmd = [sys.executable, __file__, "--child", tmp, size, precision, "--device", args.device]
+                        cmd += ["--tile-sizes", str(tile_size)] if tile_size else []
+                        cmd += ["--threads", str(args.threads)] if args.threads else []
+                        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                        imp, load, secs, peak, count = out.split("RESULT ")[1].split()
+                        lines.append(f"| {key} | {size} | {precision} | {tile_size or 'default'} | {imp} | {load} | "
+                                     f"{secs} | {peak} | {float(count):.1f} |")
+                        print(lines[-1], flush=True)
     print("\n".join(lines))
 
 
@@ -468,12 +473,14 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print the final table as Markdown")
     parser.add_argument("--memory", action="store_true",
                         help="instead: peak RSS of a fresh process per model, size and precision (load + count)")
+    parser.add_argument("--tile-sizes", nargs="+", type=int, metavar="PIXELS",
+                        help="with --memory: a fresh process per CrowdCounter(tile_size=...) too (ResNet tile plans)")
     parser.add_argument("--child", nargs=3, metavar=("CHECKPOINT", "SIZE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        return _child(*args.child, args.device)
+        return _child(*args.child, args.device, (args.tile_sizes or [None])[0])
 
     import clip_ebc
 

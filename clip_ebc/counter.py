@@ -4,9 +4,9 @@ Each image is read (EXIF orientation applied), resized with its model's training
 snapped to multiples of 32 within [448, max]) unless ``resize="native"``, normalised, and run:
 
 * ViT models: 224-pixel windows with stride 224, overlapping cells averaged (the official evaluation);
-* ResNet models: the whole image, or, when it is larger than ``tile_size`` plus margins,
-  ``tile_size``-pixel tiles with ``tile_margin`` pixels of context each, so peak memory depends on the
-  tile size and not on the image size.
+* ResNet models: the whole image, as the official code runs it, up to ``(tile_size + 2 * tile_margin)**2``
+  pixels (3.2 MP by default); larger images as ``tile_size``-pixel tiles with ``tile_margin`` pixels of
+  context each, so peak memory depends on the tile size and not on the image size.
 
 Crops of equal size from consecutive images are batched together. Videos, streams and cameras
 (:meth:`CrowdCounter.count_video`) go through the same path, one sampled frame at a time; zones
@@ -48,6 +48,12 @@ if TYPE_CHECKING:
 
 RESNET_ALIGN = 32
 """ResNet inputs are padded to multiples of this, so tiles line up with the stride-32 grid."""
+
+DEFAULT_TILE_SIZE = 1728
+"""ResNet tiles, pixels a side. With 32-pixel margins, images up to 1792² = 3.2 MP (1536x2048 included)
+run whole, exactly as the official code runs them, and no forward pass sees more: a full-size RN50
+peaked at 2.85 GiB (float32) in a fresh process at 1536x2048, and a 12 MP photo is 6 crops covering
+1.05 times its pixels at 2.46 GiB (benchmarks/RESULTS.md)."""
 CHUNK_PIXELS = 16_000_000
 """Images are prepared (decoded, resized, normalised) in groups of at most this many decoded pixels,
 or ``batch_size`` images, whichever is reached first (an image larger than this is a group of its own)."""
@@ -214,7 +220,9 @@ class CrowdCounter:
     resize: ``"dataset"`` (the training set's rule: sides multiples of 32 in [448, max]; default),
     ``"native"`` (keep the size; padded to a multiple of 32), or a ``(min_side, max_side)`` pair.
     batch_size: crops per forward pass. tile_size, tile_margin: ResNet inputs with more pixels than
-    ``(tile_size + 2 * tile_margin)**2`` are processed as tiles (pixels; multiples of 32).
+    ``(tile_size + 2 * tile_margin)**2`` (3.2 MP by default) are processed as tiles of at most
+    ``tile_size`` pixels a side with ``tile_margin`` pixels of context (pixels; multiples of 32); smaller
+    ones run whole, with the official numerics. One forward pass sees at most that many pixels.
     window, stride: ViT sliding window (default: the model's input size, 224, for both).
     precision: ``"auto"`` (bfloat16 on CPUs with native bfloat16, float16 on GPUs, float32 otherwise),
     ``"float32"`` (exact), ``"bfloat16"`` (CPUs with native bfloat16, GPUs) or ``"float16"`` (GPUs); lower
@@ -235,7 +243,7 @@ class CrowdCounter:
         *,
         resize: Literal["dataset", "native"] | tuple[int, int | None] = "dataset",
         batch_size: int = 8,
-        tile_size: int = 1024,
+        tile_size: int = DEFAULT_TILE_SIZE,
         tile_margin: int = 32,
         window: int | None = None,
         stride: int | None = None,

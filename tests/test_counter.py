@@ -137,18 +137,30 @@ def test_tiled_and_untiled_counts_agree(rn50):
 
 
 def test_tiles_of_a_12_megapixel_photo():
-    """Even cores: a 4000x3000 photo (padded to 3008 rows) is 12 crops of at most 1088x1088 pixels in 4
-    shapes, covering at most 1.10 times the image (the old fixed-size plan: 1.19 in 9 shapes)."""
+    """Even cores: with the default 1728-pixel tiles a 4000x3000 photo (padded to 3008 rows) is 6 crops of
+    at most 1536x1408 pixels in 3 shapes covering 1.054 times the image; with 1024-pixel tiles 12 crops of
+    at most 1056x1056 in 4 shapes, 1.093 times (the old fixed-size plan: 1.19 in 9 shapes)."""
+    from clip_ebc.counter import DEFAULT_TILE_SIZE
     from clip_ebc.tiling import tile_plan
 
-    plan = tile_plan(3008, 4000, 1024, 32, 8)
-    assert len(plan) == 12 and len({(c.height, c.width) for c in plan}) == 4
-    assert max(c.height * c.width for c in plan) <= 1088**2
-    assert sum(c.height * c.width for c in plan) / (3008 * 4000) <= 1.10
-    cells = torch.zeros(3008 // 8, 4000 // 8)
-    for c in plan:  # every cell of the image is kept from exactly one crop
-        cells[c.place] += 1
-    assert bool((cells == 1).all())
+    for tile, crops, shapes, largest, cover in [(DEFAULT_TILE_SIZE, 6, 3, 1536 * 1408, 1.054), (1024, 12, 4, 1056**2, 1.093)]:
+        plan = tile_plan(3008, 4000, tile, 32, 8)
+        assert len(plan) == crops and len({(c.height, c.width) for c in plan}) == shapes
+        assert max(c.height * c.width for c in plan) == largest
+        assert sum(c.height * c.width for c in plan) / (3008 * 4000) == pytest.approx(cover, abs=5e-4)
+        cells = torch.zeros(3008 // 8, 4000 // 8)
+        for c in plan:  # every cell of the image is kept from exactly one crop
+            cells[c.place] += 1
+        assert bool((cells == 1).all())
+
+
+def test_resnets_run_images_up_to_3_2_megapixels_whole(rn50):
+    """As the official code does (the same numbers); larger ones are tiled, 1.2 MP tiles included."""
+    counter = CrowdCounter(rn50.model, device="cpu", resize="native")
+    for (height, width), crops in [((1536, 2048), 1), ((1792, 1792), 1), ((1824, 1792), 4), ((1088, 1088), 1)]:
+        job = counter._prepare("x", np.zeros((height, width, 3), np.uint8))
+        assert len(job.plan) == crops, (height, width)
+        assert max(c.height * c.width for c in job.plan) <= 1792**2
 
 
 def test_model_instance_and_repr(converted_rn50):
@@ -275,7 +287,7 @@ def test_batches_stay_within_the_pixel_budget(rn50, vit, monkeypatch):
     CrowdCounter(rn50.model, device="cpu", batch_size=8).count(image)
     CrowdCounter(vit.model, device="cpu", batch_size=8).count(image)
     list(CrowdCounter(vit.model, device="cpu").count_many([image], batch_size=3))
-    assert seen == [(1024 + 64) ** 2, 8 * 224**2, 3 * 224**2]
+    assert seen == [(1728 + 64) ** 2, 8 * 224**2, 3 * 224**2]
 
 
 def test_images_are_grouped_by_pixels_too(rn50, monkeypatch):
