@@ -193,15 +193,16 @@ def _to_channels_last(module: nn.Module, args: tuple, output: torch.Tensor) -> t
 
 def keep_aliasing_convs_nchw(model: nn.Module, dtype: torch.dtype) -> int:
     """In a channels-last model for a CPU, run the convolutions larger than 1x1 whose channels-last pixel
-    is a multiple of 4 KiB (``in_channels * itemsize``: 2048 or 4096 bfloat16 channels) in NCHW instead;
-    returns how many. Inputs are made NCHW before them and outputs channels-last after them.
+    is a multiple of 4 KiB (``in_channels * itemsize``, e.g. 2048 or 4096 bfloat16 channels) in NCHW
+    instead; returns how many. Inputs are made NCHW before them and outputs channels-last after them.
 
-    Why: oneDNN's channels-last (brgemm) kernels for such convolutions read pixels 4 KiB apart, which
-    map to the same cache sets; its blocked kernels behind NCHW do not. Measured on a Zen 4 CPU in
-    bfloat16 (``benchmarks/RESULTS.md``): channels-last took 8-32 % longer than NCHW for the 3x3
-    2048-channel convolution of the RN50 decoder (more than half of the model's time) at every input
-    size tried, and 12-14 % longer at 4096 channels, while 3x3 convolutions over 256 to 1536, 2560 and
-    3072 channels were as fast or faster channels-last.
+    Why: measured, not derived. A likely cause is that oneDNN's channels-last (brgemm) kernels then read
+    neighbouring pixels 4 KiB apart, addresses that compete for the same cache sets, while its blocked
+    kernels behind NCHW read channel blocks. Measured on a Zen 4 CPU in
+    bfloat16 (``benchmarks/bench_layout.py --convs``, ``benchmarks/RESULTS.md``): channels-last took 7-35 %
+    longer than NCHW for the 3x3 2048-channel convolution of the RN50 decoder (more than half of the
+    model's time) at every feature-map size tried, and 16 % longer at 4096 channels, while 3x3
+    convolutions over 256 to 1536, 2560 and 3072 channels were 0-5 % faster channels-last.
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     changed = 0
