@@ -477,6 +477,8 @@ def main() -> None:
                         help="with --memory: a fresh process per CrowdCounter(tile_size=...) too (ResNet tile plans)")
     parser.add_argument("--child", nargs=3, metavar=("CHECKPOINT", "SIZE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tile_sizes and not (args.memory or args.child):
+        parser.error("--tile-sizes goes with --memory")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:

@@ -72,7 +72,8 @@ def main() -> None:
             variants |= {"nchw": prepared(False, dtype), "cl": prepared(True, dtype)}
             if dtype != torch.float32:
                 variants["mixed"] = prepared(True, dtype, mixed=True)
-            inputs = {name: x.contiguous(memory_format=torch.channels_last) if name != "nchw" else x for name in variants}
+            inputs = {name: x.contiguous(memory_format=torch.channels_last) if name in ("cl", "mixed") else x
+                      for name in variants}
             times: dict[str, list[float]] = {name: [] for name in variants}
             with torch.inference_mode():
                 for name, model in variants.items():

@@ -229,7 +229,8 @@ class CrowdCounter:
     precision holds the network's weights in that dtype (or runs it under autocast with ``optimize=False``)
     while the bin probabilities, expectation and count stay float32.
     optimize: fold BatchNorm into the convolutions, use the channels-last layout on GPUs and for lower
-    precisions on CPUs, and run ViT blocks through oneDNN on CPUs (exact in float32; ``False`` runs the
+    precisions on CPUs (but NCHW for the convolutions oneDNN runs faster that way, RN50's decoder), and
+    run ViT blocks through oneDNN on CPUs (exact in float32; ``False`` runs the
     model as loaded).
     compile: run the model through ``torch.compile`` (off by default: the first batch compiles for
     tens of seconds, which only pays over many images of the same size).

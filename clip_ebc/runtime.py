@@ -162,8 +162,8 @@ def _torch_release() -> tuple[int, int]:
 def prepare_for_inference(model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32, *,
                           onednn: bool = True) -> nn.Module:
     """Eval mode without gradients, BatchNorm folded, on ``device``; the convolution weights are put in
-    channels-last memory format on CUDA and, for lower precisions, on CPUs (other tensors are
-    unaffected). With a lower ``dtype`` the weights autocast would cast on every call are held in it
+    channels-last memory format on CUDA and, for lower precisions, on CPUs, except those
+    :func:`keep_aliasing_convs_nchw` keeps NCHW there (other tensors are unaffected). With a lower ``dtype`` the weights autocast would cast on every call are held in it
     (:func:`hold_weights_in`).
     On CPUs, transformer blocks compute through oneDNN (:func:`speed_up_transformer_blocks`) unless
     ``onednn=False`` (``torch.compile`` makes its own kernels and cannot trace those operators)."""
@@ -207,14 +207,15 @@ def keep_aliasing_convs_nchw(model: nn.Module, dtype: torch.dtype) -> int:
     itemsize = torch.empty((), dtype=dtype).element_size()
     changed = 0
     for module in model.modules():
-        if (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
-                and module.in_channels * itemsize % 4096 == 0
-                and module.weight.is_contiguous(memory_format=torch.channels_last)
-                and not module.weight.is_contiguous()):
-            module.weight.data = module.weight.data.contiguous()
+        if not (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) != (1, 1) and module.groups == 1
+                and tuple(module.dilation) == (1, 1) and module.in_channels * itemsize % 4096 == 0):
+            continue  # only plain convolutions of that kind were measured
+        module.weight.data = module.weight.data.contiguous()  # again if the model was prepared before
+        if not getattr(module, "_clip_ebc_nchw", False):  # hooks once, however often the model is prepared
             module.register_forward_pre_hook(_to_nchw)
             module.register_forward_hook(_to_channels_last)
-            changed += 1
+            module._clip_ebc_nchw = True
+        changed += 1
     return changed
 
 

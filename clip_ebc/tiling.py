@@ -75,7 +75,7 @@ def tile_plan(height: int, width: int, tile: int, margin: int, block: int, align
     (32 for ResNets), so that each crop's cells line up with the image's. Only core cells are kept, so each
     cell of the image comes from exactly one crop, computed with ``margin`` pixels of context. Even cores
     keep the number of crop shapes small (oneDNN prepares each shape once) and spread the margins' cost:
-    a 4000x3008 image with 1024-pixel tiles and 32-pixel margins is 12 crops of at most 1088x1088 pixels
+    a 4000x3008 image with 1024-pixel tiles and 32-pixel margins is 12 crops of at most 1056x1056 pixels
     covering 1.09 times the image.
     """
     rows, cols = even_splits(height, tile, align), even_splits(width, tile, align)

@@ -155,7 +155,7 @@ def test_tiles_of_a_12_megapixel_photo():
 
 
 def test_resnets_run_images_up_to_3_2_megapixels_whole(rn50):
-    """As the official code does (the same numbers); larger ones are tiled, 1.2 MP tiles included."""
+    """As the official code does (the same numbers); larger ones are tiled (the old 1.2 MP bound is gone)."""
     counter = CrowdCounter(rn50.model, device="cpu", resize="native")
     for (height, width), crops in [((1536, 2048), 1), ((1792, 1792), 1), ((1824, 1792), 4), ((1088, 1088), 1)]:
         job = counter._prepare("x", np.zeros((height, width, 3), np.uint8))

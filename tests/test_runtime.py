@@ -64,22 +64,30 @@ def test_convolutions_over_4_kib_pixels_stay_nchw_in_lower_precision(dtype):
         torch.nn.Conv2d(2048, 16, 3, padding=1),  # NCHW in bfloat16
         torch.nn.Conv2d(16, 1024, 1), torch.nn.Conv2d(1024, 8, 3, padding=1),  # 2 KiB pixels: channels-last
         torch.nn.Conv2d(8, 2048, 1),  # 1x1: channels-last
+        torch.nn.Conv2d(2048, 2048, 1),  # 1x1 over 4 KiB pixels: channels-last too
+        torch.nn.Conv2d(2048, 16, 3, padding=1, groups=2),  # grouped (not measured): channels-last
     ).eval()
     x = torch.randn(2, 3, 12, 20, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = model.double()(x.double())
     model.float()
     prepared = prepare_for_inference(copy.deepcopy(model), torch.device("cpu"), dtype)
-    layouts = [prepared[i].weight.is_contiguous(memory_format=torch.channels_last) for i in (2, 4)]
+    layouts = [prepared[i].weight.is_contiguous(memory_format=torch.channels_last) for i in (2, 4, 7)]
+    hooked = [i for i, m in enumerate(prepared) if m._forward_pre_hooks or m._forward_hooks]
+    assert hooked == ([] if dtype == torch.float32 else [2])
+    again = prepare_for_inference(copy.deepcopy(prepared), torch.device("cpu"), dtype)  # prepared twice
+    assert [i for i, m in enumerate(again) if m._forward_pre_hooks or m._forward_hooks] == hooked
+    assert all(len(m._forward_pre_hooks) <= 1 and len(m._forward_hooks) <= 1 for m in again)  # not stacked
+    assert again[2].weight.is_contiguous()
     seen = []
     prepared[2].register_forward_hook(lambda m, args, out: seen.append((args[0].is_contiguous(), out)))
     with torch.no_grad():
         got = prepared(x.to(dtype))  # NCHW, as CrowdCounter passes images
     if dtype == torch.float32:  # float32 on CPUs is NCHW throughout
-        assert layouts == [False, False] and seen[0][0]
+        assert layouts == [False, False, False] and seen[0][0]
         assert torch.allclose(got.double(), reference, rtol=1e-5, atol=1e-5)
         return
-    assert layouts == [False, True]
+    assert layouts == [False, True, True]
     assert seen[0][0] and seen[0][1].is_contiguous(memory_format=torch.channels_last)  # NCHW in, channels-last out
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
     error = (got.double() - reference).abs().max().item()
@@ -88,6 +96,22 @@ def test_convolutions_over_4_kib_pixels_stay_nchw_in_lower_precision(dtype):
     with torch.no_grad():
         same = all_channels_last(x.to(dtype))
     assert (got.double() - same.double()).abs().max().item() <= 0.01 * reference.abs().max().item()
+
+
+def test_real_size_resnets_keep_only_their_decoder_convolution_nchw():
+    """RN50, RN101 and RN50x64 (meta device, no memory): of every convolution, only the decoder's 3x3 over
+    2048 channels has a 4 KiB bfloat16 pixel; RN50x4 and RN50x16 (1280, 1536 channels) have none."""
+    from clip_ebc.bins import official_bins
+    from clip_ebc.config import ModelConfig
+    from clip_ebc.model import CLIPEBC
+
+    for backbone, expected in [("RN50", ["decoder.0.conv2"]), ("RN101", ["decoder.0.conv2"]),
+                               ("RN50x64", ["decoder.0.conv2"]), ("RN50x4", []), ("RN50x16", [])]:
+        config = ModelConfig(backbone=backbone, reduction=8, bins=official_bins(8, 4), anchor_points=[0, 1, 2, 3, 4.3])
+        with torch.device("meta"):
+            model = CLIPEBC(config).to(memory_format=torch.channels_last)
+        assert runtime.keep_aliasing_convs_nchw(model, torch.bfloat16) == len(expected)
+        assert [name for name, m in model.named_modules() if getattr(m, "_clip_ebc_nchw", False)] == expected, backbone
 
 
 def test_optimized_counter_matches_the_plain_one(converted_rn50, converted_vit):
