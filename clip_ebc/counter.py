@@ -230,8 +230,7 @@ class CrowdCounter:
     while the bin probabilities, expectation and count stay float32.
     optimize: fold BatchNorm into the convolutions, use the channels-last layout on GPUs and for lower
     precisions on CPUs (but NCHW for the convolutions oneDNN runs faster that way, RN50's decoder), and
-    run ViT blocks through oneDNN on CPUs (exact in float32; ``False`` runs the
-    model as loaded).
+    run ViT blocks through oneDNN on CPUs (exact in float32; ``False`` runs the model as loaded).
     compile: run the model through ``torch.compile`` (off by default: the first batch compiles for
     tens of seconds, which only pays over many images of the same size).
     cache_dir, offline, progress: see :func:`clip_ebc.loading.resolve_model`.

@@ -163,8 +163,8 @@ def prepare_for_inference(model: nn.Module, device: torch.device, dtype: torch.d
                           onednn: bool = True) -> nn.Module:
     """Eval mode without gradients, BatchNorm folded, on ``device``; the convolution weights are put in
     channels-last memory format on CUDA and, for lower precisions, on CPUs, except those
-    :func:`keep_aliasing_convs_nchw` keeps NCHW there (other tensors are unaffected). With a lower ``dtype`` the weights autocast would cast on every call are held in it
-    (:func:`hold_weights_in`).
+    :func:`keep_aliasing_convs_nchw` keeps NCHW there (other tensors are unaffected). With a lower
+    ``dtype`` the weights autocast would cast on every call are held in it (:func:`hold_weights_in`).
     On CPUs, transformer blocks compute through oneDNN (:func:`speed_up_transformer_blocks`) unless
     ``onednn=False`` (``torch.compile`` makes its own kernels and cannot trace those operators)."""
     model = model.eval().requires_grad_(False)
@@ -198,17 +198,16 @@ def keep_aliasing_convs_nchw(model: nn.Module, dtype: torch.dtype) -> int:
 
     Why: measured, not derived. A likely cause is that oneDNN's channels-last (brgemm) kernels then read
     neighbouring pixels 4 KiB apart, addresses that compete for the same cache sets, while its blocked
-    kernels behind NCHW read channel blocks. Measured on a Zen 4 CPU in
-    bfloat16 (``benchmarks/bench_layout.py --convs``, ``benchmarks/RESULTS.md``): channels-last took 7-35 %
-    longer than NCHW for the 3x3 2048-channel convolution of the RN50 decoder (more than half of the
-    model's time) at every feature-map size tried, and 16 % longer at 4096 channels, while 3x3
-    convolutions over 256 to 1536, 2560 and 3072 channels were 0-5 % faster channels-last.
+    kernels behind NCHW read channel blocks. Measured on a Zen 4 CPU in bfloat16
+    (``benchmarks/bench_layout.py --convs``, ``benchmarks/RESULTS.md``): channels-last took 7-35 % longer
+    than NCHW for the 3x3 2048-channel convolution of the RN50 decoder (more than half of the model's
+    time) at every feature-map size tried, and 16 % longer at 4096 channels, while 3x3 convolutions over
+    256 to 1536, 2560 and 3072 channels were 0-5 % faster channels-last.
     """
-    itemsize = torch.empty((), dtype=dtype).element_size()
     changed = 0
     for module in model.modules():
         if not (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) != (1, 1) and module.groups == 1
-                and tuple(module.dilation) == (1, 1) and module.in_channels * itemsize % 4096 == 0):
+                and tuple(module.dilation) == (1, 1) and module.in_channels * dtype.itemsize % 4096 == 0):
             continue  # only plain convolutions of that kind were measured
         module.weight.data = module.weight.data.contiguous()  # again if the model was prepared before
         if not getattr(module, "_clip_ebc_nchw", False):  # hooks once, however often the model is prepared
