@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,8 +63,7 @@ def main() -> None:
         return model
 
     dtypes = [torch.float32] + ([torch.bfloat16] if native_cpu_bfloat16() else [])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; "
-          f"command: python {' '.join(sys.argv)}", flush=True)
+    _print_setup()
     print("| input | dtype | variant | min s | median s | vs nchw |\n|---|---|---|---|---|---|", flush=True)
     for size in args.sizes:
         height, width = (int(v) for v in size.lower().split("x"))
@@ -74,15 +75,8 @@ def main() -> None:
                 variants["mixed"] = prepared(True, dtype, mixed=True)
             inputs = {name: x.contiguous(memory_format=torch.channels_last) if name in ("cl", "mixed") else x
                       for name in variants}
-            times: dict[str, list[float]] = {name: [] for name in variants}
-            with torch.inference_mode():
-                for name, model in variants.items():
-                    model(inputs[name])
-                for _ in range(args.repeats):
-                    for name, model in variants.items():
-                        started = time.perf_counter()
-                        model(inputs[name])
-                        times[name].append(time.perf_counter() - started)
+            times = alternate({name: functools.partial(model, inputs[name]) for name, model in variants.items()},
+                              args.repeats)
             for name, ts in times.items():
                 ratio = min(ts) / min(times["nchw"])
                 print(f"| {size} | {str(dtype).removeprefix('torch.')} | {name} | {min(ts):.3f} | "
@@ -94,9 +88,28 @@ CONV_CASES = [(256, 68, 68), (512, 34, 34), (1024, 56, 56), (1024, 96, 128), (15
 """(channels, height, width): RN50's decoder convolution is 2048 channels at 1/8 of the input's size."""
 
 
-def convs(repeats: int) -> None:
+def alternate(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each call, per name: every function once as a warm-up, then ``repeats`` rounds of them
+    in turn (A B C A B C ...), under ``torch.inference_mode``."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    with torch.inference_mode():
+        for fn in fns.values():
+            fn()
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                started = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - started)
+    return times
+
+
+def _print_setup() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; "
           f"command: python {' '.join(sys.argv)}", flush=True)
+
+
+def convs(repeats: int) -> None:
+    _print_setup()
     print("| channels | feature map | NCHW ms | channels-last ms | NCHW GFLOP/s | channels-last GFLOP/s | "
           "channels-last / NCHW |\n|---|---|---|---|---|---|---|", flush=True)
     generator = torch.Generator().manual_seed(0)
@@ -105,15 +118,8 @@ def convs(repeats: int) -> None:
         x = torch.randn(1, channels, height, width, generator=generator).to(torch.bfloat16)
         weights = {"nchw": conv.weight.contiguous(), "cl": conv.weight.contiguous(memory_format=torch.channels_last)}
         inputs = {"nchw": x, "cl": x.contiguous(memory_format=torch.channels_last)}
-        times: dict[str, list[float]] = {"nchw": [], "cl": []}
-        with torch.inference_mode():
-            for name in times:
-                torch.nn.functional.conv2d(inputs[name], weights[name], conv.bias, padding=1)
-            for _ in range(repeats):
-                for name in times:
-                    started = time.perf_counter()
-                    torch.nn.functional.conv2d(inputs[name], weights[name], conv.bias, padding=1)
-                    times[name].append(time.perf_counter() - started)
+        times = alternate({name: functools.partial(torch.nn.functional.conv2d, inputs[name], weights[name], conv.bias,
+                                                   padding=1) for name in inputs}, repeats)
         flops = 2 * channels * channels * 9 * height * width
         a, b = min(times["nchw"]), min(times["cl"])
         print(f"| {channels} | {height}x{width} | {1e3 * a:.1f} | {1e3 * b:.1f} | {flops / a / 1e9:.0f} | "
