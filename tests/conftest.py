@@ -16,6 +16,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = FIXTURES / "official"
 
 
+def meta_model(name: str, reduction: int, **kw):
+    """A real-size ``name`` CLIP-EBC model on the meta device (no memory, no weights): shapes only."""
+    from clip_ebc import CLIPEBC, ModelConfig
+    from clip_ebc.bins import official_bins
+
+    config = ModelConfig(backbone=name, reduction=reduction, bins=official_bins(8, 4),
+                         anchor_points=[0, 1, 2, 3, 4.3], **kw)
+    with torch.device("meta"):
+        return CLIPEBC(config)
+
+
 def python_with_sigint(module: str) -> list[str]:
     """The command line that runs ``python -m module`` with Python's Ctrl-C handler. A shell without job
     control starts background commands (``pytest &``, ``nohup``) with SIGINT ignored, children inherit

@@ -5,8 +5,8 @@ import functools
 import pytest
 import torch
 
-from clip_ebc import CLIPEBC, ModelConfig
-from clip_ebc.bins import official_bins
+from clip_ebc import CLIPEBC
+from conftest import meta_model
 
 # name: (encoder channels, CLIP embed dim, decoder widths, ViT patch or None)
 BACKBONES = {
@@ -25,19 +25,12 @@ H, W = 448, 672  # divisible by 14, 16 and 32
 def build(name: str, reduction: int, **kw) -> CLIPEBC:
     """A real-size model on the meta device; without options, one per backbone and block size serves every
     test (meta tensors hold no values, and the tests only read shapes)."""
-    return _make(name, reduction, **kw) if kw else _shared(name, reduction)
+    return meta_model(name, reduction, **kw) if kw else _shared(name, reduction)
 
 
 @functools.lru_cache(maxsize=None)
 def _shared(name: str, reduction: int) -> CLIPEBC:
-    return _make(name, reduction)
-
-
-def _make(name: str, reduction: int, **kw) -> CLIPEBC:
-    config = ModelConfig(backbone=name, reduction=reduction, bins=official_bins(8, 4),
-                         anchor_points=[0, 1, 2, 3, 4.3], **kw)
-    with torch.device("meta"):
-        return CLIPEBC(config)
+    return meta_model(name, reduction)
 
 
 @pytest.mark.parametrize("reduction", [8, 16, 32])

@@ -8,7 +8,7 @@ import torch
 from clip_ebc import CheckpointError, ConfigError, CrowdCounter
 from clip_ebc import runtime
 from clip_ebc.runtime import fold_batchnorm, prepare_for_inference, resolve_precision
-from conftest import make_scene
+from conftest import make_scene, meta_model
 
 
 @pytest.mark.parametrize("which, expected_folds", [("rn50", 4 * 4 + 3 + 3), ("vit", 2)])
@@ -101,15 +101,9 @@ def test_convolutions_over_4_kib_pixels_stay_nchw_in_lower_precision(dtype):
 def test_real_size_resnets_keep_only_their_decoder_convolution_nchw():
     """RN50, RN101 and RN50x64 (meta device, no memory): of every convolution, only the decoder's 3x3 over
     2048 channels has a 4 KiB bfloat16 pixel; RN50x4 and RN50x16 (1280, 1536 channels) have none."""
-    from clip_ebc.bins import official_bins
-    from clip_ebc.config import ModelConfig
-    from clip_ebc.model import CLIPEBC
-
     for backbone, expected in [("RN50", ["decoder.0.conv2"]), ("RN101", ["decoder.0.conv2"]),
                                ("RN50x64", ["decoder.0.conv2"]), ("RN50x4", []), ("RN50x16", [])]:
-        config = ModelConfig(backbone=backbone, reduction=8, bins=official_bins(8, 4), anchor_points=[0, 1, 2, 3, 4.3])
-        with torch.device("meta"):
-            model = CLIPEBC(config).to(memory_format=torch.channels_last)
+        model = meta_model(backbone, 8).to(memory_format=torch.channels_last)
         assert runtime.keep_aliasing_convs_nchw(model, torch.bfloat16) == len(expected)
         assert [name for name, m in model.named_modules() if getattr(m, "_clip_ebc_nchw", False)] == expected, backbone
 
